@@ -1,0 +1,75 @@
+"""The `p2p` command line. Subcommands share names with the DVC stages and Prefect tasks.
+
+Each command module exposes `register(subparsers, common)`; the registry below is explicit
+(no discovery by name). Command modules keep their imports cheap: torch, ray, mlflow and
+prefect are imported inside the functions that need them, so `p2p --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from p2p import __version__
+from p2p.cli import config as config_cmd
+from p2p.config import ConfigError
+from p2p.errors import P2PError
+
+# The explicit command registry: one module per command group.
+COMMANDS = (config_cmd,)
+
+
+def common_parser() -> argparse.ArgumentParser:
+    """Options every command accepts: the params file and dotted overrides."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, e.g. --set train.lr=1e-4 (repeatable)",
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2p", description="pix2pix from versioned paired data to a model registry."
+    )
+    parser.add_argument("--version", action="version", version=f"p2p {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = common_parser()
+    for module in COMMANDS:
+        module.register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (P2PError, ConfigError) as e:
+        print(f"p2p {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `p2p config show | head`
+        return 0
+    except KeyboardInterrupt:
+        print(f"p2p {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def load_cfg(args: argparse.Namespace):
+    """The resolved config of a command: --params file plus --set overrides."""
+    from p2p.config import load_config
+
+    return load_config(args.params, args.overrides)

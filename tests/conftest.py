@@ -1,0 +1,107 @@
+"""Shared fixtures. Real components, local only: a moto S3 server over HTTP, sqlite MLflow in a
+temp dir, an isolated Prefect home. No network, no GPU, no Docker, no cloud account."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+# Isolate every tool's home before anything imports them.
+_SESSION_TMP = Path(os.environ.get("P2P_TEST_TMP", "/tmp")) / f"p2p-tests-{os.getpid()}"
+_SESSION_TMP.mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_TMP / "prefect"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ["DO_NOT_TRACK"] = "1"  # prefect/dvc telemetry off (no network here)
+os.environ["DVC_NO_ANALYTICS"] = "1"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_TMP / 'mlflow.db'}")
+for _k in ("AWS_PROFILE", "RAY_ADDRESS", "PREFECT_API_URL"):
+    os.environ.pop(_k, None)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is available (the lent GPU machine)."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 HTTP endpoint (moto) for the whole session; exports AWS_ENDPOINT_URL so boto3,
+    s3fs, DVC, MLflow and pyarrow (Ray storage) all talk to it, in this process and children."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+_AWS_ENV = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+)
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on the session's moto server; returns its name."""
+    import boto3
+
+    name = f"p2p-test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def tiny_cfg():
+    """A config small enough for CPU tests: 64x64 crops, a 6-level U-Net with 8 base channels."""
+    from p2p.config import load_config
+
+    return load_config(
+        None,
+        {
+            "data.load_size": 72,
+            "data.crop_size": 64,
+            "data.loader_workers": 0,
+            "model.num_downs": 6,
+            "model.base_channels": 8,
+            "model.disc_channels": 8,
+            "train.batch_size": 2,
+            "resources.num_workers": 1,
+        },
+    )
