@@ -34,6 +34,9 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "demo"  # dataset name: raw pairs live in data/raw/<name>
+    source: str = "demo"  # `p2p data prepare` input: "demo" or a folder to import/build from
+    source_format: Literal["aligned", "folders", "photos"] = "aligned"  # layout of data.source
+    on_error: Literal["fail", "skip"] = "fail"  # bad input pairs: stop, or skip and report
     raw_dir: str = "data/raw/demo"  # canonical raw layout written by `p2p data import|build|demo`
     shards: str = "data/shards/demo"  # WebDataset shard dir or s3://bucket/prefix
     direction: Literal["AtoB", "BtoA"] = "AtoB"  # which side is the input (facades needs BtoA)
@@ -60,13 +63,22 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    task: Literal["edges", "colorize", "superres"] = "edges"  # how pairs are made from photos
-    num_pairs: int = 240  # pairs in all splits together
-    size: int = 256  # side of each pair image
-    seed: int = 0  # the demo set is deterministic for a given seed
+class BuildConfig:
+    """How pairs are made from plain photos (`p2p data build`, `p2p data demo`)."""
+
+    task: Literal["edges", "colorize", "superres"] = "edges"  # edges->photo, gray->color, low->high
+    num_pairs: int = 240  # pairs in all splits together (crops spread over the photos)
+    size: int = 256  # side of each square pair image
+    seed: int = 0  # builds are deterministic for a given seed
     val_fraction: float = 0.1
     test_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_pairs", "size")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1) or (
+            self.val_fraction + self.test_fraction >= 1
+        ):
+            raise ConfigError("build.val_fraction + build.test_fraction must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -347,7 +359,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
 
 _GROUP_OF = {
     DataConfig: "data",
-    DemoConfig: "demo",
+    BuildConfig: "build",
     ModelConfig: "model",
     LossConfig: "loss",
     OptimConfig: "optim",

@@ -12,12 +12,13 @@ import logging
 import sys
 
 from p2p import __version__
+from p2p.cli import bench as bench_cmd
 from p2p.cli import config as config_cmd
 from p2p.config import ConfigError
 from p2p.errors import P2PError
 
 # The explicit command registry: one module per command group.
-COMMANDS = (config_cmd,)
+COMMANDS = (config_cmd, bench_cmd)
 
 
 def common_parser() -> argparse.ArgumentParser:
