@@ -1,0 +1,413 @@
+"""Paired datasets made from plain photos, and the embedded demo dataset.
+
+A task turns a square photo tile B into its input A (numpy + PIL only):
+
+    edges     A = Canny-like edge map (dark lines on white)   edges -> photo
+    colorize  A = luma of B (ITU-R 601)                        grayscale -> colour
+    superres  A = B downscaled x4 then upscaled bicubic        low-res -> high-res
+
+Tiles: `build.num_pairs` square crops of `build.size` pixels, spread round-robin over the photos,
+each with a random scale and position from `random.Random(build.seed)` (side between ~30% and
+100% of the photo's short side, never below `size` unless the photo is smaller, in which case
+the whole short side is taken and upscaled). Splits follow `build.val_fraction` /
+`build.test_fraction`; with enough photos whole photos are assigned to splits, so val/test tiles
+never overlap train tiles; with too few photos the tiles themselves are split (reported).
+Everything is written through `pairs.DatasetWriter`, so the output is validated and swapped into
+place atomically, and is byte-identical for the same photos and params.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from p2p.config import BuildConfig, DataConfig
+from p2p.data.images import encode_png, is_image_file, open_image
+from p2p.data.pairs import (
+    SPLITS,
+    DatasetWriter,
+    ImportReport,
+    InvalidDataset,
+    Problem,
+    default_workers,
+    map_ordered,
+    sanitize_key,
+    side_channels,
+    split_counts,
+    walk_files,
+)
+from p2p.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- tasks
+
+
+def _gaussian_blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of an (H, W) float array, reflect-padded."""
+    r = max(1, int(3 * sigma + 0.5))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    h, w = x.shape
+    p = np.pad(x, r, mode="reflect")  # (H + 2r, W + 2r)
+    rows = sum(k[i] * p[:, i : i + w] for i in range(2 * r + 1))  # blur along x: (H + 2r, W)
+    return sum(k[i] * rows[i : i + h, :] for i in range(2 * r + 1))  # blur along y: (H, W)
+
+
+def edge_map(photo: Image.Image, sigma: float = 1.4) -> Image.Image:
+    """Canny-like edges of a photo: blur, Sobel, non-maximum suppression, hysteresis.
+
+    Returns an "L" image of the same size: 0 (black) on edges, 255 (white) elsewhere.
+    """
+    g = _gaussian_blur(np.asarray(photo.convert("L"), dtype=np.float32), sigma)  # (H, W)
+    p = np.pad(g, 1, mode="edge")  # (H + 2, W + 2): p[1 + y, 1 + x] == g[y, x]
+
+    def s(dy: int, dx: int) -> np.ndarray:  # g shifted: s(dy, dx)[y, x] == g[y + dy, x + dx]
+        return p[1 + dy : p.shape[0] - 1 + dy, 1 + dx : p.shape[1] - 1 + dx]
+
+    # Sobel gradients (x right, y down) and their magnitude
+    gx = (s(-1, 1) + 2 * s(0, 1) + s(1, 1)) - (s(-1, -1) + 2 * s(0, -1) + s(1, -1))
+    gy = (s(1, -1) + 2 * s(1, 0) + s(1, 1)) - (s(-1, -1) + 2 * s(-1, 0) + s(-1, 1))
+    mag = np.hypot(gx, gy)
+
+    # Non-maximum suppression: keep a pixel only if it beats both neighbours along its gradient
+    # direction, quantised to 0, 45, 90, 135 degrees. This thins edges to one pixel.
+    q = (((np.rad2deg(np.arctan2(gy, gx)) % 180) + 22.5) // 45).astype(np.int64) % 4
+    m = np.pad(mag, 1, mode="constant")
+
+    def ms(dy: int, dx: int) -> np.ndarray:
+        return m[1 + dy : m.shape[0] - 1 + dy, 1 + dx : m.shape[1] - 1 + dx]
+
+    steps = [(0, 1), (1, 1), (1, 0), (1, -1)]  # neighbour offset (dy, dx) per direction bin
+    peak = np.zeros_like(mag, dtype=bool)
+    for d, (dy, dx) in enumerate(steps):
+        keep = (mag >= ms(dy, dx)) & (mag >= ms(-dy, -dx))
+        peak |= (q == d) & keep
+
+    # Hysteresis: strong edges, plus weak ones touching a strong one. Thresholds follow the
+    # image's contrast (a percentile of peak magnitudes) with a floor so flat tiles stay blank.
+    vals = mag[peak]
+    hi = max(float(np.percentile(vals, 75)) if vals.size else 0.0, 60.0)
+    strong = peak & (mag >= hi)
+    weak = peak & (mag >= 0.4 * hi)
+    sp = np.pad(strong, 1)
+    near = np.zeros_like(strong)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            near |= sp[1 + dy : sp.shape[0] - 1 + dy, 1 + dx : sp.shape[1] - 1 + dx]
+    edges = strong | (weak & near)
+    return Image.fromarray(np.where(edges, 0, 255).astype(np.uint8))
+
+
+def grayscale(photo: Image.Image) -> Image.Image:
+    """ITU-R 601 luma ("L")."""
+    return photo.convert("L")
+
+
+def low_res(photo: Image.Image, factor: int = 4) -> Image.Image:
+    """Downscale by `factor` (antialiased bicubic), then upscale bicubic back to the size."""
+    w, h = photo.size
+    small = photo.resize((max(1, w // factor), max(1, h // factor)), Image.Resampling.BICUBIC)
+    return small.resize((w, h), Image.Resampling.BICUBIC)
+
+
+# task name -> (photo tile B -> input A); the explicit registry of `build.task`
+TASKS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "edges": edge_map,
+    "colorize": grayscale,
+    "superres": low_res,
+}
+
+# ----------------------------------------------------------------------------- tiling plan
+
+
+@dataclass(frozen=True)
+class _Photo:
+    path: Path
+    name: str  # how reports name it
+    size: tuple[int, int]  # after EXIF orientation
+
+
+@dataclass(frozen=True)
+class _Tile:
+    photo: int  # index into the photo list
+    split: str
+    box: tuple[int, int, int, int]  # (left, top, right, bottom) in the photo
+    key: str
+
+
+def _crop_box(rng: random.Random, w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """A random square: side in [max(size, 0.3 * short), short] (the short side if < size)."""
+    short = min(w, h)
+    lo = min(short, max(size, int(0.3 * short)))
+    side = rng.randint(lo, short)
+    x, y = rng.randint(0, w - side), rng.randint(0, h - side)
+    return (x, y, x + side, y + side)
+
+
+def _plan(
+    photos: list[_Photo], build: BuildConfig
+) -> tuple[list[_Tile], list[str], dict[int, str]]:
+    """Which tiles to cut (deterministic for the seed), warnings, photo -> split ("" = mixed)."""
+    rng = random.Random(build.seed)
+    n = split_counts(build.num_pairs, build.val_fraction, build.test_fraction)
+    wanted = [(s, k) for s, k in zip(SPLITS, n, strict=True) if k > 0]
+    order = list(range(len(photos)))
+    rng.shuffle(order)
+    warnings = []
+    # Photos per split in proportion to the fractions, >= 1 for each split that has tiles.
+    n_photos = split_counts(len(photos), build.val_fraction, build.test_fraction)
+    per_split = dict(zip(SPLITS, n_photos, strict=True))
+    for s in ("val", "test"):  # a split without tiles gives its photos to train
+        if s not in dict(wanted):
+            per_split["train"] += per_split[s]
+            per_split[s] = 0
+    if all(per_split[s] > 0 for s, _ in wanted):
+        groups, start = {}, 0
+        for s in ("test", "val", "train"):
+            groups[s] = order[start : start + per_split[s]]
+            start += per_split[s]
+        photo_split = {i: s for s, idx in groups.items() for i in idx}
+    else:  # too few photos: split the tiles, all photos feed all splits
+        groups = {s: order for s in SPLITS}
+        photo_split = {i: "" for i in order}
+        if len(wanted) > 1:
+            warnings.append(
+                f"only {len(photos)} photo(s): val/test tiles are cut from the same photos as "
+                "train tiles (add photos for a held-out split)"
+            )
+    tiles = []
+    for s, k in wanted:
+        idx = sorted(groups[s])
+        for j in range(k):  # round-robin over this split's photos
+            i = idx[j % len(idx)]
+            w, h = photos[i].size
+            key = f"{sanitize_key(Path(photos[i].name).stem)}_{len(tiles):05d}"
+            tiles.append(_Tile(i, s, _crop_box(rng, w, h, build.size), key))
+    return tiles, warnings, photo_split
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def _collect(
+    src: str | Path | Sequence[str | Path], names: dict[Path, str] | None
+) -> tuple[list[tuple[Path, str]], list[Problem]]:
+    """(path, display name) of each image file; non-image files in a folder are problems."""
+    if isinstance(src, (str, Path)):
+        root = Path(src)
+        if not root.is_dir():
+            raise DataError(f"{root}: photo folder not found")
+        files, problems = [], []
+        for f in walk_files(root):
+            shown = str(root / f.relative_to(root))
+            if is_image_file(f):
+                files.append((f, shown))
+            else:
+                problems.append(Problem(shown, f"not an image file (extension {f.suffix!r})"))
+        return files, problems
+    return [(Path(f), (names or {}).get(Path(f), str(f))) for f in src], []
+
+
+def build_pairs(
+    photos: str | Path | Sequence[str | Path],
+    out: str | Path,
+    *,
+    build: BuildConfig,
+    data: DataConfig,
+    on_error: Literal["fail", "skip"] = "fail",
+    name: str | None = None,
+    source: str | None = None,
+    photo_names: dict[Path, str] | None = None,
+    workers: int | None = None,
+) -> ImportReport:
+    """Make `build.num_pairs` pairs of `build.size` px for `build.task` from photos.
+
+    Args:
+        photos: a folder (searched recursively, hidden files skipped) or a list of image files.
+        out: the dataset dir to write (canonical layout, replaced atomically).
+        build: task, num_pairs, size, seed, val_fraction, test_fraction.
+        data: direction and channels (A = task input side; edges/gray are replicated to RGB
+            when that side has 3 channels).
+        on_error: "fail": any unreadable photo or non-image file stops the build, nothing
+            written; "skip": bad files are left out and listed in report.json.
+        name: manifest name (default: the name of `out`).
+        source, photo_names: how report.json names the source and each photo (stable labels
+            keep the output byte-identical across machines).
+        workers: threads cutting and encoding tiles (default: `pairs.default_workers()`).
+
+    Returns:
+        An ImportReport.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    workers = workers or default_workers()
+    task = TASKS.get(build.task)
+    if task is None:
+        raise DataError(f"build.task {build.task!r} is not one of {', '.join(TASKS)}")
+    a_nc, b_nc = side_channels(data)
+    if build.task == "colorize" and b_nc != 3:
+        raise DataError("build.task=colorize makes colour B images: the B side needs 3 channels")
+
+    # 1) Check every photo (decode fully) and record its size.
+    files, problems = _collect(photos, photo_names)
+    good: list[_Photo] = []
+    for path, shown in files:
+        try:
+            img = open_image(path, name=shown, channels=3, exif_transpose=True)
+        except DataError as e:
+            problems.append(Problem(shown, str(e).removeprefix(f"{shown}: ")))
+            continue
+        if build.task == "colorize" and _is_gray(img):
+            problems.append(Problem(shown, "grayscale photo: colorize needs colour photos"))
+            continue
+        good.append(_Photo(path, shown, img.size))
+    problems.sort(key=lambda p: p.file)
+    if problems and on_error == "fail":
+        raise InvalidDataset(str(source or photos), problems, "nothing written")
+    if not good:
+        where = str(source or photos)
+        raise InvalidDataset(where, problems or [Problem(where, "no photos found")])
+
+    # 2) Plan the tiles, then cut them photo by photo (one decoded photo in memory at a time).
+    tiles, warnings, photo_split = _plan(good, build)
+    by_photo = collections.defaultdict(list)
+    for t in tiles:
+        by_photo[t.photo].append(t)
+    size = (build.size, build.size)
+    with DatasetWriter(out, name or out.name) as writer:
+        for i in sorted(by_photo):
+            photo = open_image(good[i].path, name=good[i].name, channels=3, exif_transpose=True)
+
+            def cut(t: _Tile, photo: Image.Image = photo) -> tuple[bytes, bytes]:
+                b = photo.resize(size, Image.Resampling.BICUBIC, box=t.box)  # (size, size) RGB
+                a = task(b)
+                return encode_png(_as_channels(a, a_nc)), encode_png(_as_channels(b, b_nc))
+
+            for t, (a_png, b_png) in zip(
+                by_photo[i], map_ordered(cut, by_photo[i], workers), strict=True
+            ):
+                writer.add_png(t.key, t.split, a_png, b_png, size, size)
+            log.info("%s: %d tiles", good[i].name, len(by_photo[i]))
+        counts = collections.Counter(t.split for t in tiles)
+        for s in ("val", "test"):
+            if not counts[s]:
+                warnings.append(f"{s} split is empty (build.num_pairs / fractions)")
+        per_photo = collections.Counter(t.photo for t in tiles)
+        writer.commit(
+            data=data,
+            report={
+                "source": str(source or photos),
+                "source_format": "photos",
+                "build": {
+                    "task": build.task,
+                    "num_pairs": build.num_pairs,
+                    "size": build.size,
+                    "seed": build.seed,
+                    "val_fraction": build.val_fraction,
+                    "test_fraction": build.test_fraction,
+                },
+                "photos": [
+                    {"file": p.name, "split": photo_split[i] or "all", "pairs": per_photo[i]}
+                    for i, p in enumerate(good)
+                ],
+                "skipped": [{"file": p.file, "reason": p.reason} for p in problems],
+            },
+            warnings=warnings,
+        )
+        report = ImportReport(
+            out=out,
+            name=writer.name,
+            counts=writer.counts,
+            skipped=problems,
+            warnings=warnings,
+            bytes=writer.bytes,
+            seconds=time.perf_counter() - t0,
+        )
+    log.debug(report.summary())
+    return report
+
+
+def _is_gray(img: Image.Image) -> bool:
+    a = np.asarray(img)  # (H, W, 3)
+    return bool((a[..., 0] == a[..., 1]).all() and (a[..., 1] == a[..., 2]).all())
+
+
+def _as_channels(img: Image.Image, nc: int) -> Image.Image:
+    # Our own derived images: gray is replicated to RGB, colour reduced to luma, as configured.
+    mode = "RGB" if nc == 3 else "L"
+    return img if img.mode == mode else img.convert(mode)
+
+
+# ----------------------------------------------------------------------------- demo
+
+# Real photographs shipped by installed packages: (package, file inside its data folder).
+# Left out on purpose: grayscale-only (camera, coins, moon...), synthetic (color wheel, phantom,
+# chessboards, logo) and near-duplicates (motorcycle_right).
+DEMO_PHOTOS: tuple[tuple[str, str], ...] = (
+    ("skimage", "data/astronaut.png"),
+    ("skimage", "data/chelsea.png"),
+    ("skimage", "data/coffee.png"),
+    ("skimage", "data/rocket.jpg"),
+    ("skimage", "data/motorcycle_left.png"),
+    ("skimage", "data/retina.jpg"),
+    ("skimage", "data/hubble_deep_field.jpg"),
+    ("skimage", "data/ihc.png"),
+    ("sklearn", "datasets/images/china.jpg"),
+    ("sklearn", "datasets/images/flower.jpg"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+)
+
+
+def demo_photos() -> dict[Path, str]:
+    """Installed demo photos: path -> stable label ("skimage/data/astronaut.png").
+
+    Packages are located with importlib.util.find_spec, without importing them.
+    """
+    import importlib.util
+
+    found = {}
+    for pkg, rel in DEMO_PHOTOS:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        path = Path(next(iter(spec.submodule_search_locations))) / rel
+        if path.is_file():
+            found[path] = f"{pkg}/{rel}"
+    return found
+
+
+def build_demo(
+    out: str | Path, build: BuildConfig, data: DataConfig, *, workers: int | None = None
+) -> ImportReport:
+    """The embedded demo dataset: `build` applied to the photos installed packages ship.
+
+    Byte-deterministic for the same params and package files (fixed PNG settings, sorted
+    manifest, no timestamps or absolute paths).
+    """
+    photos = demo_photos()
+    if not photos:
+        raise DataError(
+            "no demo photos found: install scikit-image (it ships astronaut.png, chelsea.png...)"
+        )
+    ordered = sorted(photos, key=lambda p: photos[p])  # stable order: by label
+    return build_pairs(
+        ordered,
+        out,
+        build=build,
+        data=data,
+        on_error="fail",
+        name=Path(out).name,
+        source="demo photos from installed packages",
+        photo_names=photos,
+        workers=workers,
+    )
