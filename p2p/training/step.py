@@ -1,0 +1,113 @@
+"""One pix2pix training iteration: update D, then G (reference `Pix2PixModel.optimize_parameters`).
+
+    fake_B = G(A)
+    D step:  loss_D = 0.5 * (GAN(D(A, fake_B.detach()), fake) + GAN(D(A, B), real))  [+ GP]
+    G step:  loss_G = GAN(D(A, fake_B), real) + lambda_L1 * |fake_B - B|_1, D frozen
+
+The 0.5 slows D relative to G (paper, section 3.3). The detach keeps loss_D from reaching G, and
+freezing D's parameters (requires_grad False) keeps loss_G from writing D gradients. No I/O, no
+Ray, no MLflow: the training loop calls this and logs the returned floats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from p2p.config import ExperimentConfig
+from p2p.losses import GANLoss, gradient_penalty
+
+LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g_gan", "loss_g_l1")
+
+
+def set_requires_grad(module: nn.Module, flag: bool) -> None:
+    """Freeze (False) or unfreeze (True) every parameter of `module`."""
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def without_ddp(module: nn.Module) -> nn.Module:
+    """The module under a DDP wrapper (also under torch.compile(DDP(net))); else `module`."""
+    if isinstance(module, DistributedDataParallel):
+        return module.module
+    inner = getattr(module, "_orig_mod", None)
+    if isinstance(inner, DistributedDataParallel):
+        return inner.module
+    return module
+
+
+def train_step(
+    g: nn.Module,
+    d: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    real_a: torch.Tensor,
+    real_b: torch.Tensor,
+    cfg: ExperimentConfig,
+    *,
+    gan_loss: GANLoss,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """One D update then one G update on a batch; returns the losses as floats.
+
+    Args:
+        g: generator (may be DDP-wrapped), in train mode.
+        d: discriminator (may be DDP-wrapped), in train mode.
+        opt_g: G's optimizer.
+        opt_d: D's optimizer.
+        real_a: (B, input_nc, H, W) inputs in [-1, 1].
+        real_b: (B, output_nc, H, W) targets in [-1, 1].
+        cfg: reads loss.lambda_l1, loss.lambda_gp (wgangp only).
+        gan_loss: GANLoss(cfg.loss.gan_mode).
+        autocast_dtype: e.g. torch.bfloat16 to run forwards under autocast (GPU); None = fp32.
+
+    Returns:
+        dict with LOSS_KEYS. For wgangp, loss_d also includes the gradient penalty.
+    """
+    amp = (
+        torch.autocast(real_a.device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    # For the G step D runs outside DDP: its params are frozen, so there is nothing to all-reduce.
+    d_plain = without_ddp(d)
+
+    with amp:
+        fake_b = g(real_a)  # (B, output_nc, H, W)
+
+    # ---- D step: real pairs vs detached fakes, loss halved
+    set_requires_grad(d, True)
+    opt_d.zero_grad(set_to_none=True)
+    fake_ab = torch.cat([real_a, fake_b.detach()], dim=1)  # (B, in+out, H, W); no grad to G
+    real_ab = torch.cat([real_a, real_b], dim=1)
+    with amp:
+        # Two separate D calls, as the reference: batch-norm statistics stay per kind.
+        loss_d_fake = gan_loss(d(fake_ab), False)  # D logits (B, 1, h, w) -> scalar
+        loss_d_real = gan_loss(d(real_ab), True)
+    loss_d = 0.5 * (loss_d_fake + loss_d_real)
+    if gan_loss.mode == "wgangp":
+        loss_d = loss_d + gradient_penalty(d, real_ab, fake_ab, weight=cfg.loss.lambda_gp)
+    loss_d.backward()
+    opt_d.step()
+
+    # ---- G step: fool the (frozen) D and stay close to B in L1
+    set_requires_grad(d, False)
+    try:
+        opt_g.zero_grad(set_to_none=True)
+        with amp:
+            pred_fake = d_plain(torch.cat([real_a, fake_b], dim=1))  # grad flows to G only
+        loss_g_gan = gan_loss(pred_fake, True)
+        loss_g_l1 = F.l1_loss(fake_b.float(), real_b.float())
+        loss_g = loss_g_gan + cfg.loss.lambda_l1 * loss_g_l1
+        loss_g.backward()
+        opt_g.step()
+    finally:
+        set_requires_grad(d, True)
+
+    # One device sync for all six numbers.
+    values = torch.stack([loss_d, loss_d_real, loss_d_fake, loss_g, loss_g_gan, loss_g_l1])
+    return dict(zip(LOSS_KEYS, values.detach().float().cpu().tolist(), strict=True))
