@@ -1,0 +1,475 @@
+"""Local paths and `s3://bucket/key` URLs behind one small API; the only module that talks to S3.
+
+Where S3 is: `AWS_ENDPOINT_URL` (MinIO, moto) or AWS itself; region from `AWS_DEFAULT_REGION`.
+Credentials come only from boto3's standard chain (environment, profile, instance role); this
+module never reads, stores or logs them.
+
+Failure model:
+- every S3 request is retried by botocore (`standard` mode, exponential backoff with jitter);
+- `upload_file` / `write_bytes` are retried as a whole on transient errors (connection drops,
+  5xx, throttling) and are atomic: an S3 object appears under its key only when the PUT or the
+  CompleteMultipartUpload succeeds, and a failed multipart upload is aborted, so a failed upload
+  leaves nothing under the final key (and never a truncated object);
+- local writes go to a temp name in the same directory, then `os.replace`;
+- `open_url` streams an S3 object and, if the connection drops mid-stream, resumes from the
+  current offset with a ranged GET pinned to the same ETag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+from p2p.errors import P2PError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+UPLOAD_ATTEMPTS = (
+    3  # whole-transfer attempts in upload_file / write_bytes (botocore retries inside)
+)
+READ_ATTEMPTS = 5  # reconnects while streaming one object
+MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bytes; larger files go up in parallel parts
+MULTIPART_CHUNKSIZE = 16 * 1024 * 1024  # bytes per part (S3 minimum is 5 MiB)
+
+# S3 error codes worth another try; HTTP 5xx are always retried.
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "BandwidthLimitExceeded",
+    }
+)
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+class StorageError(P2PError):
+    """An S3 or filesystem operation failed; the message names the URL and the reason."""
+
+
+class ObjectNotFound(StorageError, FileNotFoundError):
+    """The URL names no object / file."""
+
+
+# ----------------------------------------------------------------------------- URLs
+
+
+def is_s3_url(url: str | os.PathLike) -> bool:
+    """True for `s3://bucket/...` URLs."""
+    return isinstance(url, str) and url.startswith("s3://")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` -> ("bucket", "a/b"). The key may be empty (bucket root)."""
+    if not is_s3_url(url):
+        raise StorageError(f"{url}: not an s3:// URL")
+    bucket, _, key = url[len("s3://") :].partition("/")
+    if not 3 <= len(bucket) <= 63:
+        raise StorageError(f"{url}: bucket name must be 3-63 characters")
+    return bucket, key
+
+
+def join_url(base: str | os.PathLike, *parts: str) -> str:
+    """Join path parts onto a local directory or an s3:// prefix."""
+    if is_s3_url(base):
+        out = str(base).rstrip("/")
+        for p in parts:
+            if p.strip("/"):
+                out += "/" + p.strip("/")
+        return out
+    return str(Path(base, *parts))
+
+
+# ----------------------------------------------------------------------------- client
+
+_clients: dict[tuple, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _after_fork() -> None:
+    # A child (DataLoader worker) must not inherit a lock another thread held at fork time,
+    # nor reuse the parent's connections.
+    global _clients_lock
+    _clients_lock = threading.Lock()
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def s3_client(*, max_attempts: int = 5, retry_mode: str = "standard") -> Any:
+    """A boto3 S3 client for the current environment (cached per process and settings).
+
+    Endpoint from AWS_ENDPOINT_URL, region from AWS_DEFAULT_REGION (default us-east-1),
+    credentials from boto3's chain. Clients are thread-safe but not fork-safe, so the cache is
+    keyed by pid: DataLoader worker processes build their own.
+
+    Args:
+        max_attempts: total attempts per request made by botocore (1 = no retries).
+        retry_mode: botocore retry mode, "standard" or "adaptive" (client-side rate limiting).
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
+    region = os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    key = (os.getpid(), endpoint, region, max_attempts, retry_mode)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"total_max_attempts": max_attempts, "mode": retry_mode},
+                connect_timeout=10,
+                read_timeout=60,
+                max_pool_connections=32,
+            )
+            session = boto3.session.Session()  # sessions are not thread-safe: one per client
+            client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+            _clients[key] = client
+    return client
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Connection drops, timeouts, throttling and 5xx: worth retrying the whole operation."""
+    from botocore import exceptions as bex
+
+    if isinstance(
+        exc,
+        bex.ConnectionError
+        | bex.HTTPClientError
+        | bex.IncompleteReadError
+        | ConnectionError
+        | TimeoutError,
+    ):
+        return True
+    if isinstance(exc, bex.ClientError):
+        err = exc.response.get("Error", {})
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return err.get("Code") in _TRANSIENT_CODES or status >= 500
+    try:
+        from urllib3.exceptions import HTTPError as Urllib3Error
+
+        return isinstance(exc, Urllib3Error)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _error_code(exc: BaseException) -> str:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _retry(what: str, fn: Callable[[], T], attempts: int) -> T:
+    """Run fn, retrying transient errors with exponential backoff and jitter."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as e:
+            if attempt == attempts or not _is_transient(e):
+                raise
+            delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning(
+                "%s: transient error (%s); retry %d/%d in %.1fs",
+                what,
+                e,
+                attempt,
+                attempts - 1,
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _wrap(url: str, action: str, exc: Exception) -> StorageError:
+    code = _error_code(exc)
+    if code in _MISSING_CODES:
+        return ObjectNotFound(f"{url}: not found")
+    if code == "NoSuchBucket":
+        return ObjectNotFound(f"{url}: bucket does not exist")
+    if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
+        return StorageError(f"{url}: {action} denied ({code}); check the S3 credentials")
+    return StorageError(f"{url}: {action} failed: {type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def upload_file(
+    local: str | os.PathLike,
+    url: str,
+    *,
+    client: Any = None,
+    transfer_config: Any = None,
+    attempts: int = UPLOAD_ATTEMPTS,
+    metadata: dict[str, str] | None = None,
+) -> int:
+    """Copy a local file to `url` (s3:// or a local path), atomically; returns the byte count.
+
+    S3: a managed transfer (multipart above `MULTIPART_THRESHOLD`, parts in parallel). A failed
+    multipart upload is aborted by the transfer manager, so nothing appears under the key; the
+    whole transfer is retried on transient errors and the stored size is checked at the end.
+
+    Args:
+        local: the file to upload.
+        url: destination, `s3://bucket/key` or a local path.
+        client: boto3 S3 client (default: `s3_client()`).
+        transfer_config: boto3 `TransferConfig` (default: thresholds above, classic client).
+        attempts: whole-transfer attempts on transient errors.
+        metadata: S3 user metadata stored with the object (e.g. {"sha256": ...}); see `stat`.
+    """
+    local = Path(local)
+    if not local.is_file():
+        raise ObjectNotFound(f"{local}: no such file to upload")
+    size = local.stat().st_size
+    if not is_s3_url(url):
+        _copy_local(local, Path(url))
+        return size
+
+    from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+    bucket, key = split_s3_url(url)
+    if not key or key.endswith("/"):
+        raise StorageError(f"{url}: an object key is needed, not a prefix")
+    client = client or s3_client()
+    config = transfer_config or TransferConfig(
+        multipart_threshold=MULTIPART_THRESHOLD,
+        multipart_chunksize=MULTIPART_CHUNKSIZE,
+        max_concurrency=4,
+        preferred_transfer_client="classic",
+    )
+
+    def once() -> None:
+        with create_transfer_manager(client, config) as manager:
+            extra = {"Metadata": dict(metadata)} if metadata else None
+            manager.upload(str(local), bucket, key, extra_args=extra).result()
+
+    try:
+        _retry(f"upload {url}", once, attempts)
+        stored = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    except Exception as e:
+        raise _wrap(url, "upload", e) from e
+    if stored != size:  # pragma: no cover - S3 guarantees this; a broken gateway might not
+        raise StorageError(f"{url}: stored {stored} bytes, expected {size}")
+    return size
+
+
+def write_bytes(url: str | os.PathLike, data: bytes, *, client: Any = None) -> None:
+    """Write `data` to a local path (temp file + rename) or an S3 object (one atomic PUT)."""
+    if not is_s3_url(url):
+        path = Path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return
+    bucket, key = split_s3_url(url)
+    client = client or s3_client()
+    try:
+        _retry(
+            f"put {url}",
+            lambda: client.put_object(Bucket=bucket, Key=key, Body=data),
+            UPLOAD_ATTEMPTS,
+        )
+    except Exception as e:
+        raise _wrap(url, "write", e) from e
+
+
+def _copy_local(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove(url: str | os.PathLike, *, missing_ok: bool = True) -> None:
+    """Delete one object / file."""
+    if not is_s3_url(url):
+        try:
+            Path(url).unlink()
+        except FileNotFoundError:
+            if not missing_ok:
+                raise ObjectNotFound(f"{url}: not found") from None
+        return
+    bucket, key = split_s3_url(url)
+    if not missing_ok and not exists(url):
+        raise ObjectNotFound(f"{url}: not found")
+    try:
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    except Exception as e:
+        raise _wrap(url, "delete", e) from e
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_bytes(url: str | os.PathLike) -> bytes:
+    """The whole content of a local file or an S3 object."""
+    with open_url(url) as f:
+        return f.read()
+
+
+def open_url(url: str | os.PathLike, *, buffer_size: int = 1 << 20) -> IO[bytes]:
+    """A readable binary stream over a local file or an S3 object (streamed, not downloaded).
+
+    S3 streams survive dropped connections: they reopen at the current offset (ranged GET,
+    If-Match on the first ETag so a concurrently replaced object is an error, not a mix).
+    """
+    if not is_s3_url(url):
+        try:
+            return open(url, "rb")  # noqa: SIM115 - the caller owns the stream
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{url}: not found") from None
+    bucket, key = split_s3_url(url)
+    return io.BufferedReader(_S3Stream(url, bucket, key, s3_client()), buffer_size=buffer_size)
+
+
+class _S3Stream(io.RawIOBase):
+    """Raw stream over one S3 object that resumes after transient read errors."""
+
+    def __init__(self, url: str, bucket: str, key: str, client: Any) -> None:
+        super().__init__()
+        self.url, self.bucket, self.key, self.client = url, bucket, key, client
+        self.pos = 0
+        self.etag: str | None = None
+        self.size: int | None = None
+        self.body: Any = None
+        self._connect()
+
+    def _connect(self) -> None:
+        kw: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
+        if self.etag is not None:  # a resume: same object version, from where we stopped
+            kw.update(Range=f"bytes={self.pos}-", IfMatch=self.etag)
+        try:
+            resp = _retry(f"get {self.url}", lambda: self.client.get_object(**kw), READ_ATTEMPTS)
+        except Exception as e:
+            raise _wrap(self.url, "read", e) from e
+        if self.etag is None:
+            self.etag, self.size = resp["ETag"], resp["ContentLength"]
+        self.body = resp["Body"]
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.size is not None and self.pos >= self.size:
+            return 0
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                data = self.body.read(len(b))
+                if not data:  # early EOF: the connection closed before Content-Length
+                    raise ConnectionError(f"stream ended at byte {self.pos} of {self.size}")
+                n = len(data)
+                b[:n] = data
+                self.pos += n
+                return n
+            except Exception as e:
+                if attempt == READ_ATTEMPTS or not _is_transient(e):
+                    raise StorageError(f"{self.url}: read failed at byte {self.pos}: {e}") from e
+                log.warning("%s: %s; reconnecting at byte %d", self.url, e, self.pos)
+                time.sleep(0.2 * attempt)
+                self._close_body()
+                self._connect()
+        return 0  # pragma: no cover
+
+    def _close_body(self) -> None:
+        if self.body is not None:
+            with contextlib.suppress(Exception):  # closing a broken connection may fail
+                self.body.close()
+            self.body = None
+
+    def close(self) -> None:
+        self._close_body()
+        super().close()
+
+
+def exists(url: str | os.PathLike) -> bool:
+    """True if a local file/dir or an S3 object exists at `url`."""
+    if not is_s3_url(url):
+        return Path(url).exists()
+    bucket, key = split_s3_url(url)
+    client = s3_client()
+    try:
+        _retry(f"head {url}", lambda: client.head_object(Bucket=bucket, Key=key), READ_ATTEMPTS)
+        return True
+    except Exception as e:
+        if _error_code(e) in _MISSING_CODES:
+            return False
+        raise _wrap(url, "stat", e) from e
+
+
+def stat(url: str | os.PathLike) -> dict[str, Any] | None:
+    """{"size": bytes, "metadata": {...}} of a file / object, or None if it does not exist.
+
+    Local files have empty metadata; S3 objects carry the user metadata given at upload.
+    """
+    if not is_s3_url(url):
+        p = Path(url)
+        return {"size": p.stat().st_size, "metadata": {}} if p.is_file() else None
+    bucket, key = split_s3_url(url)
+    client = s3_client()
+    try:
+        head = _retry(
+            f"head {url}", lambda: client.head_object(Bucket=bucket, Key=key), READ_ATTEMPTS
+        )
+    except Exception as e:
+        if _error_code(e) in _MISSING_CODES:
+            return None
+        raise _wrap(url, "stat", e) from e
+    return {"size": head["ContentLength"], "metadata": dict(head.get("Metadata") or {})}
+
+
+def list_urls(prefix: str | os.PathLike, *, suffix: str = "") -> list[str]:
+    """Sorted URLs of all files/objects below a directory or s3:// prefix (recursive).
+
+    An S3 prefix is treated as a directory: `s3://b/shards/demo` lists `shards/demo/...`,
+    not `shards/demo-old/...`.
+    """
+    if not is_s3_url(prefix):
+        root = Path(prefix)
+        if not root.is_dir():
+            return []
+        return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.name.endswith(suffix))
+    bucket, key = split_s3_url(str(prefix))
+    key = key.rstrip("/") + "/" if key.strip("/") else ""
+    out: list[str] = []
+    try:
+        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                if obj["Key"].endswith(suffix):
+                    out.append(f"s3://{bucket}/{obj['Key']}")
+    except Exception as e:
+        raise _wrap(str(prefix), "list", e) from e
+    return sorted(out)
