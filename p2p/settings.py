@@ -31,7 +31,18 @@ ENV_VARS = (
     "RAY_ADDRESS",
     "P2P_DVC_REMOTE_URL",
 )
-SECRET_VARS = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"})
+SECRET_VARS = frozenset(
+    {
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_ACCESS_KEY_ID",
+        "RAY_AUTH_TOKEN",
+        "PREFECT_API_AUTH_STRING",
+        "PREFECT_API_KEY",
+        "MLFLOW_TRACKING_PASSWORD",
+        "MLFLOW_TRACKING_TOKEN",
+    }
+)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
