@@ -1,0 +1,172 @@
+"""`p2p demo`: the embedded default, end to end, through the Prefect flows.
+
+Builds the demo dataset from photos shipped by installed packages, versions it with DVC (the
+repository's default remote, local), shards it, trains on a local Ray cluster, evaluates,
+registers and gates the model, then prints where to look. It is `retrain_flow`: a second run
+finds the data version unchanged and the champion trained on it, and skips everything.
+
+Run it from the project directory (a git clone); Prefect starts a temporary local API when
+PREFECT_API_URL is not set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from typing import Any
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="run the whole pipeline on the embedded demo data (retrain_flow)",
+        description="prepare -> validate -> DVC version -> shard -> Ray train -> evaluate -> "
+        "MLflow register -> promotion gate, skipped when the champion already has this data.",
+    )
+    p.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="rebuild and re-version the data before comparing with the champion's",
+    )
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from p2p.cli import load_cfg
+    from p2p.errors import P2PError
+
+    cfg = load_cfg(args)  # validate params before starting anything
+    if not os.path.isdir(".dvc"):
+        raise P2PError(
+            f"{os.getcwd()}: not the p2p project directory (no .dvc/); run `p2p demo` from the "
+            "root of a p2p clone"
+        )
+    # Before prefect is imported: a cold first start of the temporary API can exceed the
+    # default 20 s on a busy 2-core machine; no telemetry (there may be no network).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    for noisy in ("httpx", "httpcore"):  # one INFO line per Prefect API request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    t0 = time.perf_counter()
+    w = cfg.resources.num_workers
+    print(
+        f"p2p demo: {cfg.data.source} data -> {cfg.data.raw_dir} -> {cfg.data.shards}; "
+        f"{cfg.epochs} epochs on {'Ray at ' + args.address if args.address else 'a local Ray'} "
+        f"with {w} worker{'s' * (w != 1)}; model {cfg.eval.model_name!r}",
+        flush=True,
+    )
+    print(
+        "p2p demo: retrain_flow = data_flow (prepare, validate, version, shard) + "
+        "training_flow (train, evaluate, register, gate)",
+        flush=True,
+    )
+    if not os.environ.get("PREFECT_API_URL"):
+        print("p2p demo: starting Prefect's temporary local API (~15 s)...", flush=True)
+    from pipelines.retrain_flow import retrain_flow
+
+    result = retrain_flow(
+        params=args.params,
+        overrides=list(args.overrides),
+        address=args.address,
+        refresh=args.refresh,
+    )
+    _summary(cfg, result, time.perf_counter() - t0)
+    return 0
+
+
+def untrained_baseline(cfg: Any) -> dict[str, Any] | None:
+    """Test metrics of a freshly initialised generator of the same architecture (seeded like
+    training), on the same shards: the "before" of the demo. None if there are no shards."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from p2p.checkpoints import save_generator
+    from p2p.errors import P2PError
+    from p2p.evaluation.evaluate import evaluate_checkpoint
+    from p2p.models import build_generator
+
+    cfg = cfg.replace(**{"data.loader_workers": 0})  # 24 images: no loader processes needed
+    torch.manual_seed(cfg.train.seed)
+    g = build_generator(cfg.model, cfg.data.input_nc, cfg.data.output_nc)
+    quiet = logging.getLogger("p2p.evaluation.evaluate")  # its INFO line names a temp dir
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="p2p-untrained-") as tmp:
+        ckpt = save_generator(Path(tmp) / "untrained.pt", g, cfg)
+        try:
+            return evaluate_checkpoint(ckpt, cfg.data.shards, cfg, Path(tmp) / "eval")
+        except P2PError:
+            return None
+        finally:
+            quiet.setLevel(level)
+
+
+def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
+    from p2p.registry import RegistryError, get_version
+    from p2p.settings import Settings
+
+    name = cfg.eval.model_name
+    try:
+        champ = get_version(name, "champion")
+    except RegistryError:  # e.g. someone removed the alias by hand
+        champ = None
+    scores = {k: float(v) for k, v in champ.group("metric").items() if _number(v)} if champ else {}
+    print()
+    print(f"p2p demo: done in {seconds / 60:.1f} min")
+    if result.get("skipped"):
+        print(
+            f"  data         : unchanged at version {result['data_version']}, the champion's: "
+            "nothing retrained"
+        )
+        print(
+            "                 (new data retrains: --refresh re-imports data.source; new params: "
+            "python -m pipelines.training_flow)"
+        )
+    else:
+        data, training = result["data"], result["training"]
+        dv, totals = data["data_version"], data["totals"]
+        print(
+            f"  data version : {dv['md5']} ({dv['path']}, DVC remote {dv['remote']!r}; "
+            f"{dv['dvc_file']})"
+        )
+        print(
+            f"  shards       : {data['shards']} ({totals['samples']} samples in "
+            f"{totals['shards']} shards)"
+        )
+        verdict = "promoted" if training["promoted"] else "not promoted"
+        reuse = " (already registered: training skipped)" if training["skipped"] else ""
+        print(f"  registered   : models:/{name}/{training['version']}{reuse}")
+        print(f"  gate         : {verdict}: {training['gate'].get('reason')}")
+    print(f"  champion     : models:/{name}@champion = version {champ.version if champ else '-'}")
+    nan = float("nan")
+    print(
+        f"  test metrics : L1 {scores.get('l1', nan):.4f}  PSNR {scores.get('psnr', nan):.2f} dB  "
+        f"SSIM {scores.get('ssim', nan):.4f}"
+    )
+    base = untrained_baseline(cfg)
+    if base is not None and "psnr" in scores:
+        print(
+            f"  untrained G  : L1 {base['l1']:.4f}  PSNR {base['psnr']:.2f} dB  "
+            f"SSIM {base['ssim']:.4f}  (PSNR gain {scores['psnr'] - base['psnr']:+.2f} dB)"
+        )
+    print("  sample grid  : reports/samples.png   (input | output | target)")
+    print("  results page : reports/index.html")
+    uri = Settings.from_env().mlflow_tracking_uri
+    print(f"  MLflow UI    : mlflow ui --backend-store-uri {uri}   (http://127.0.0.1:5000)")
+    print(f"  serve        : mlflow models serve -m models:/{name}@champion --env-manager local")
+    print(f"  predict      : p2p predict --model models:/{name}@champion --input IMG --output OUT")
+
+
+def _number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
