@@ -12,12 +12,30 @@ import logging
 import sys
 
 from p2p import __version__
+from p2p.cli import bench as bench_cmd
 from p2p.cli import config as config_cmd
+from p2p.cli import data as data_cmd
+from p2p.cli import demo as demo_cmd
+from p2p.cli import doctor as doctor_cmd
+from p2p.cli import evaluate as evaluate_cmd
+from p2p.cli import predict as predict_cmd
+from p2p.cli import registry as registry_cmd
+from p2p.cli import train as train_cmd
 from p2p.config import ConfigError
 from p2p.errors import P2PError
 
 # The explicit command registry: one module per command group.
-COMMANDS = (config_cmd,)  # bench_cmd joins once p2p/bench/{loader,train}.py exist
+COMMANDS = (
+    config_cmd,
+    data_cmd,
+    train_cmd,
+    evaluate_cmd,
+    registry_cmd,
+    predict_cmd,
+    demo_cmd,
+    doctor_cmd,
+    bench_cmd,
+)
 
 
 def common_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,371 @@
+"""`p2p bench train`: images/s and peak memory of the training step, p2p vs the reference.
+
+What is compared, on the same machine, the same networks (p2p.models, the reference's
+architecture and init) and the same random batches:
+- reference: the reference implementation's step written out plainly (junyanz
+  `Pix2PixModel.optimize_parameters`): G forward, D on the detached fake and on the real pair
+  (separate passes), `set_requires_grad` toggling, D on the fake again for G, default Adam, fp32,
+  contiguous (NCHW) tensors;
+- p2p: `p2p.training.step.train_step` with the optimizers and backend settings of the training
+  loop (`p2p.training.loop.make_optimizers` / `configure_backends`); on GPU also bf16 autocast
+  and channels_last (and torch.compile with --compile).
+
+Each runs in its own process; their steps alternate (reference, p2p, reference, ...) and never
+overlap, so load from other processes hits both alike. The table gives the median and the best
+step and the median CPU seconds per step. Before timing, one step of each from identical weights
+and seeds checks that both compute the same losses (on CPU fp32).
+
+Peak memory: the process's peak resident set (ru_maxrss: weights, optimizer states and
+activations) on CPU; torch.cuda.max_memory_allocated on GPU.
+
+Scaling: a short `p2p train` run (params file config, local Ray, temp shards, temp MLflow) with
+1 and then 2 workers; images/s of the second epoch as the training loop measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-sizes", default="1,16", help="comma-separated (default: 1,16)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per impl at batch < 8")
+    p.add_argument("--steps-large", type=int, default=2, help="timed steps per impl at batch >= 8")
+    p.add_argument("--scaling-only", action="store_true", help="only the 1 -> 2 worker runs")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--compile", action="store_true", help="GPU: also torch.compile G and D")
+    p.add_argument("--no-scaling", action="store_true", help="skip the 1 -> 2 worker runs")
+    p.add_argument("--scaling-steps", type=int, default=8, help="steps per epoch (scaling)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from p2p.config import load_config
+
+    # The paper config: dataclass defaults (unet_256, ngf/ndf 64, 256x256), plus --set overrides.
+    paper = load_config(None, args.overrides)
+    devices = ["cpu"] if args.device == "cpu" else []
+    if args.device in ("auto", "cuda") and torch.cuda.is_available():
+        devices.append("cuda")
+    elif args.device == "cuda":
+        print("bench train: no CUDA device; nothing to do")
+        return 1
+    if args.device == "auto" and not devices:
+        devices = ["cpu"]
+    sizes = [] if args.scaling_only else [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+    m = paper.model
+    print(
+        f"bench train: {m.generator} num_downs {m.num_downs} ngf {m.base_channels} ndf "
+        f"{m.disc_channels} norm {m.norm}, {paper.data.crop_size}x{paper.data.crop_size}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    )
+    rows = []
+    for dev in devices:
+        for bs in sizes:
+            steps = args.steps if bs < 8 else args.steps_large
+            rows.extend(bench_step(paper, dev, bs, steps, compile_=args.compile and dev == "cuda"))
+    if rows:
+        _print_table(rows)
+    if not args.no_scaling:
+        from p2p.cli import load_cfg
+
+        _print_scaling(bench_scaling(load_cfg(args), args.scaling_steps))
+    return 0
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def reference_step(net_g, net_d, opt_g, opt_d, real_a, real_b, lambda_l1: float = 100.0):
+    """The reference pix2pix iteration written out (junyanz `optimize_parameters`, vanilla GAN)."""
+    import torch
+
+    bce, l1 = torch.nn.BCEWithLogitsLoss(), torch.nn.L1Loss()
+
+    def set_requires_grad(net, flag):
+        for p in net.parameters():
+            p.requires_grad = flag
+
+    fake_b = net_g(real_a)  # forward
+    set_requires_grad(net_d, True)  # backward_D
+    opt_d.zero_grad()
+    fake_ab = torch.cat((real_a, fake_b), 1)
+    pred_fake = net_d(fake_ab.detach())
+    loss_d_fake = bce(pred_fake, torch.tensor(0.0).expand_as(pred_fake))
+    real_ab = torch.cat((real_a, real_b), 1)
+    pred_real = net_d(real_ab)
+    loss_d_real = bce(pred_real, torch.tensor(1.0).expand_as(pred_real))
+    loss_d = (loss_d_fake + loss_d_real) * 0.5
+    loss_d.backward()
+    opt_d.step()
+    set_requires_grad(net_d, False)  # backward_G
+    opt_g.zero_grad()
+    pred_fake = net_d(fake_ab)
+    loss_g_gan = bce(pred_fake, torch.tensor(1.0).expand_as(pred_fake))
+    loss_g_l1 = l1(fake_b, real_b) * lambda_l1
+    loss_g = loss_g_gan + loss_g_l1
+    loss_g.backward()
+    opt_g.step()
+    return {"loss_d": loss_d.item(), "loss_g_gan": loss_g_gan.item(), "loss_g": loss_g.item()}
+
+
+# ----------------------------------------------------------------------------- step bench
+
+
+def bench_step(cfg, device: str, batch: int, steps: int, *, compile_: bool = False) -> list[dict]:
+    """Time `steps` alternating steps of the reference and of p2p; returns one row per impl.
+
+    Each implementation runs in its own process (its own allocator settings, memory peak and
+    CUDA context); the parent asks them for one step at a time, in turn, so the two never run
+    at once and background load hits both alike.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs, conns = {}, {}
+    try:
+        for impl in ("reference", "p2p"):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(
+                target=_step_worker,
+                args=(child, cfg.to_dict(), device, batch, impl, compile_),
+                daemon=True,
+            )
+            proc.start()
+            procs[impl], conns[impl] = proc, parent
+        first = {impl: _recv(conns[impl], procs[impl]) for impl in procs}  # warm-up losses
+        diff = max(abs(first["reference"][k] - first["p2p"][k]) for k in first["reference"])
+        stats: dict[str, list[dict[str, float]]] = {impl: [] for impl in procs}
+        for _ in range(steps):
+            for impl in procs:
+                conns[impl].send("step")
+                stats[impl].append(_recv(conns[impl], procs[impl]))
+        peak = {}
+        for impl in procs:
+            conns[impl].send(None)
+            peak[impl] = _recv(conns[impl], procs[impl])["peak_bytes"]
+    finally:
+        for proc in procs.values():
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    out = []
+    for impl in ("reference", "p2p"):
+        wall = [x["wall"] for x in stats[impl]]
+        out.append(
+            {
+                "device": device,
+                "batch": batch,
+                "impl": impl + (" +compile" if compile_ and impl == "p2p" else ""),
+                "median_s": statistics.median(wall),
+                "best_s": min(wall),
+                "cpu_s": statistics.median(x["cpu"] for x in stats[impl]),
+                "images_per_s": batch / statistics.median(wall),
+                "peak_mib": peak[impl] / 2**20,
+                "loss_diff": diff if impl == "p2p" else None,
+            }
+        )
+    out[1]["speedup"] = out[0]["median_s"] / out[1]["median_s"]
+    out[1]["speedup_best"] = out[0]["best_s"] / out[1]["best_s"]
+    return out
+
+
+def _recv(conn, proc) -> Any:
+    while not conn.poll(5):
+        if not proc.is_alive():
+            raise RuntimeError(f"bench worker exited with code {proc.exitcode}")
+    try:
+        msg = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"bench worker exited with code {proc.exitcode}") from None
+    if isinstance(msg, BaseException):
+        raise msg
+    return msg
+
+
+def _step_worker(conn, cfg_dict: dict, device: str, batch: int, impl: str, compile_: bool) -> None:
+    """Child process: build one implementation, then run one step per "step" message."""
+    try:
+        fn, sync, peak = _setup_impl(cfg_dict, device, batch, impl, compile_)
+        import torch
+
+        torch.manual_seed(2)  # the same seed in both processes: same dropout masks
+        conn.send(fn())  # warm-up step; its losses are compared by the parent
+        while conn.recv() is not None:
+            c0, t0 = _cpu_seconds(), time.perf_counter()
+            fn()
+            sync()
+            conn.send({"wall": time.perf_counter() - t0, "cpu": _cpu_seconds() - c0})
+        conn.send({"peak_bytes": peak()})
+    except Exception as e:  # report to the parent instead of dying silently
+        conn.send(RuntimeError(f"{impl} on {device}: {type(e).__name__}: {e}"))
+
+
+def _setup_impl(cfg_dict: dict, device: str, batch: int, impl: str, compile_: bool):
+    """(step function, device sync, peak memory in bytes) of one implementation."""
+    import torch
+
+    from p2p.config import ExperimentConfig
+    from p2p.losses import GANLoss
+    from p2p.models import build_discriminator, build_generator
+    from p2p.training.loop import configure_backends, make_optimizers
+    from p2p.training.step import train_step
+
+    cfg = ExperimentConfig.from_dict(cfg_dict)
+    dev = torch.device(device)
+    gpu = dev.type == "cuda"
+    if impl == "p2p":
+        configure_backends(dev)  # what the training loop does first
+        if gpu:  # the GPU path of the training loop
+            cfg = cfg.replace(**{"train.precision": "bf16", "train.channels_last": True})
+    size, c_in, c_out = cfg.data.crop_size, cfg.data.input_nc, cfg.data.output_nc
+    gen = torch.Generator().manual_seed(1)
+    a = (torch.rand(batch, c_in, size, size, generator=gen) * 2 - 1).to(dev)
+    b = (torch.rand(batch, c_out, size, size, generator=gen) * 2 - 1).to(dev)
+    torch.manual_seed(0)
+    g = build_generator(cfg.model, c_in, c_out).to(dev)
+    d = build_discriminator(cfg.model, c_in + c_out).to(dev)
+
+    def sync() -> None:
+        if gpu:
+            torch.cuda.synchronize()
+
+    def peak() -> float:
+        if gpu:
+            return float(torch.cuda.max_memory_allocated(dev))
+        return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+    if impl == "reference":  # default Adam, fp32, NCHW, default backend settings
+        betas = (cfg.optim.beta1, cfg.optim.beta2)
+        opt_g = torch.optim.Adam(g.parameters(), lr=cfg.optim.lr, betas=betas)
+        opt_d = torch.optim.Adam(d.parameters(), lr=cfg.optim.lr, betas=betas)
+        return (lambda: reference_step(g, d, opt_g, opt_d, a, b, cfg.loss.lambda_l1)), sync, peak
+
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    amp = torch.bfloat16 if cfg.train.precision == "bf16" else None
+    g, d = g.to(memory_format=fmt), d.to(memory_format=fmt)
+    opt_g, opt_d = make_optimizers(g, d, cfg)
+    if compile_:
+        g, d = torch.compile(g), torch.compile(d)
+    a, b = a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
+    gan = GANLoss(cfg.loss.gan_mode).to(dev)
+    step = lambda: train_step(g, d, opt_g, opt_d, a, b, cfg, gan_loss=gan, autocast_dtype=amp)  # noqa: E731
+    return step, sync, peak
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process, all threads (less sensitive to other processes' load)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _print_table(rows: list[dict]) -> None:
+    print()
+    head = f"{'device':6} {'batch':>5} {'impl':18} {'median s':>9} {'best s':>8} {'cpu s':>7}"
+    print(head + f" {'img/s':>8} {'peak MiB':>9} {'speedup':>8} {'(best)':>7}")
+    for r in rows:
+        sp = f"{r['speedup']:.2f}x" if "speedup" in r else ""
+        spb = f"{r['speedup_best']:.2f}x" if "speedup_best" in r else ""
+        print(
+            f"{r['device']:6} {r['batch']:>5} {r['impl']:18} {r['median_s']:>9.3f} "
+            f"{r['best_s']:>8.3f} {r['cpu_s']:>7.2f} {r['images_per_s']:>8.2f} "
+            f"{r['peak_mib']:>9.0f} {sp:>8} {spb:>7}"
+        )
+    diffs = [r["loss_diff"] for r in rows if r.get("loss_diff") is not None]
+    if diffs:
+        print(f"max |loss difference| p2p vs reference on the first step: {max(diffs):.2e}")
+    print(
+        "speedup = reference median / p2p median; (best) = ratio of the fastest steps; "
+        "cpu s = process CPU seconds per step (median)"
+    )
+
+
+# ----------------------------------------------------------------------------- scaling
+
+
+def bench_scaling(cfg, steps_per_epoch: int) -> list[dict[str, Any]]:
+    """images/s of a short local-Ray run with 1 and with 2 workers (same global batch)."""
+    import ray
+
+    from p2p.config import BuildConfig
+    from p2p.data.build import build_demo
+    from p2p.data.shards import write_shards
+    from p2p.training.trainer import fit
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="p2p-bench-train-") as tmp:
+        tmp = Path(tmp)
+        need = steps_per_epoch * cfg.train.batch_size
+        build = BuildConfig(
+            task=cfg.build.task,
+            num_pairs=int(need / 0.8) + 4,
+            size=max(cfg.data.load_size, cfg.data.crop_size),
+            seed=0,
+        )
+        build_demo(tmp / "raw", build, cfg.data)
+        write_shards(tmp / "raw", tmp / "shards", cfg.data)
+        saved, cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+        os.chdir(tmp)  # MLflow's default artifact dir (./mlruns) lands in the temp dir too
+        # One local Ray for both runs (fit() reuses an initialised Ray and leaves it running).
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        try:
+            for workers in (1, 2):
+                run_cfg = cfg.replace(
+                    **{
+                        "resources.num_workers": workers,
+                        "resources.cpus_per_worker": 1,
+                        "resources.address": "",
+                        "train.epochs": 2,
+                        "train.steps_per_epoch": steps_per_epoch,
+                        "train.val_batches": 0,
+                        "train.keep_checkpoints": 1,
+                        "train.log_every": steps_per_epoch,
+                        "train.storage_path": str(tmp / "runs"),
+                        "train.experiment": "bench",
+                    }
+                )
+                t0 = time.perf_counter()
+                res = fit(
+                    run_cfg,
+                    shards=str(tmp / "shards"),
+                    out_dir=tmp / f"models{workers}",
+                    address="",
+                    run_name=f"bench-{workers}w",
+                )
+                rows.append(
+                    {
+                        "workers": workers,
+                        "batch": cfg.train.batch_size,
+                        "images_per_s": res.metrics.get("images_per_s", float("nan")),
+                        "wall_s": time.perf_counter() - t0,
+                    }
+                )
+        finally:
+            ray.shutdown()
+            os.chdir(cwd)
+            if saved is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = saved
+    return rows
+
+
+def _print_scaling(rows: list[dict[str, Any]]) -> None:
+    print()
+    print("scaling (params file config, local Ray, epoch-2 images/s, global batch fixed):")
+    print(f"{'workers':>7} {'batch':>6} {'img/s':>8} {'vs 1':>6} {'run wall s':>10}")
+    base = rows[0]["images_per_s"] if rows else float("nan")
+    for r in rows:
+        print(
+            f"{r['workers']:>7} {r['batch']:>6} {r['images_per_s']:>8.2f} "
+            f"{r['images_per_s'] / base:>5.2f}x {r['wall_s']:>10.1f}"
+        )

@@ -1,0 +1,505 @@
+"""`train_loop_per_worker`: the Ray Train entry point, run once per worker process.
+
+This is the only module that imports `ray.train`. The four Ray touch points are numbered:
+(1) `get_context` (rank and world size: data split and per-worker batch), (2) `prepare_model`
+(device + DDP), (3) `get_checkpoint` (resume), (4) `report` (metrics + checkpoint). The maths is
+`p2p.training.step.train_step`; everything else here is plumbing.
+
+Batch semantics: `train.batch_size` is the GLOBAL batch. Each of the W workers gets
+`batch_size // W` samples per step and DDP averages the gradients, so one optimizer step sees the
+same number of images, and uses the same learning rate, whatever the number of workers.
+`train.steps_per_epoch` (0 = train pairs // global batch) is the same for every rank: each rank
+reads exactly that many equal batches (p2p.data.dataset.make_loader), so no rank waits forever in
+an all-reduce.
+
+BatchNorm under DDP (pix2pix uses BatchNorm in G and D), chosen deliberately:
+- G and D are wrapped separately, each with `broadcast_buffers=False`. The default (True) copies
+  rank 0's BN running statistics into every rank, in place, before each forward; D runs several
+  forwards per step (real, fake, fake-for-G), and that in-place copy breaks autograd on CUDA with
+  recent torch ("modified by an inplace operation"), besides throwing away the other ranks'
+  statistics.
+- Training normalises with per-rank batch statistics (each rank's `batch_size // W` samples), as
+  the reference implementation's own DDP mode does. SyncBatchNorm would pool statistics over the
+  global batch, but torch implements it for GPUs only, and CPU runs must do the same maths.
+- Running statistics (used only in eval mode) are averaged over ranks at every epoch end, before
+  validation and checkpointing, so every rank holds the same buffers and the saved generator's
+  statistics reflect all ranks' data.
+
+Checkpoints: every `train.checkpoint_every` epochs and after the last one, rank 0 writes the full
+state (p2p.training.state) into `epoch_NNNN` (NNNN = epochs finished) and every rank calls
+`report` (it is a barrier). A restarted worker group, or the same command run again with the
+same run name, resumes from the latest one: step, epoch, optimizers, schedulers, RNG states and
+the metric log continue.
+
+Test-only fault injection: when the driver's environment has `P2P_FAULT_STEP=k`, the last rank
+calls `os._exit(1)` on reaching global step k, but only in an attempt that did not start from a
+checkpoint, so the restarted attempt runs through (it first waits until Ray has registered the
+last checkpoint; see `_fault_exit`). It is off unless that variable is set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from p2p.config import ExperimentConfig
+from p2p.training.state import TrainState, load_state, rng_state, save_state, seed_everything
+from p2p.training.tracking import RunLogger, sample_grid
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
+    """Train G and D on this worker's share of the data; report checkpoints to Ray.
+
+    Args:
+        config: {"config": cfg.to_dict(), "mlflow_run_id": str | None, "tracking_uri": str,
+            "fault_step": int (test-only, 0 = off)}.
+
+    Returns:
+        The final metrics (rank 0's value becomes `Result.return_value`).
+    """
+    import ray.train
+    import ray.train.torch
+
+    from p2p.data.dataset import make_loader
+    from p2p.losses import GANLoss
+    from p2p.models import build_discriminator, build_generator
+    from p2p.training.schedule import build_scheduler
+    from p2p.training.step import train_step
+
+    cfg = ExperimentConfig.from_dict(config["config"])
+    t = cfg.train
+
+    # (1) who am I: rank and world size decide the data split and the per-worker batch
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    per_worker_batch = t.batch_size // world  # global batch split evenly (validated in config)
+    configure_backends(device)
+    amp_dtype = torch.bfloat16 if t.precision == "bf16" else None
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+
+    # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
+    seed_everything(t.seed)
+    g = build_generator(cfg.model, cfg.data.input_nc, cfg.data.output_nc)
+    d = build_discriminator(cfg.model, cfg.data.input_nc + cfg.data.output_nc)
+    g, d = g.to(memory_format=memory_format), d.to(memory_format=memory_format)
+
+    # (2) device + DDP, G and D separately (see the module docstring for broadcast_buffers)
+    ddp_kwargs = _no_buffer_sync_kwargs()
+    g = ray.train.torch.prepare_model(g, parallel_strategy_kwargs=ddp_kwargs)
+    d = ray.train.torch.prepare_model(d, parallel_strategy_kwargs=ddp_kwargs)
+    if t.compile:
+        g, d = torch.compile(g), torch.compile(d)
+
+    opt_g, opt_d = make_optimizers(g, d, cfg)
+    epochs = cfg.epochs
+    state = TrainState(
+        g=g,
+        d=d,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        sched_g=build_scheduler(opt_g, cfg.optim, epochs),
+        sched_d=build_scheduler(opt_d, cfg.optim, epochs),
+    )
+    gan_loss = GANLoss(cfg.loss.gan_mode).to(device)
+
+    # (3) resume: a restarted worker group or a re-run with the same run name lands here
+    checkpoint = ray.train.get_checkpoint()
+    rng_restored = False
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            blob = load_state(ckpt_dir, state, rank=rank, world_size=world, map_location=device)
+        rng_restored = blob["rng_restored"]
+    if not rng_restored:  # fresh start, or a different world size: per-rank random streams
+        seed_everything(t.seed + 1000 * rank + state.step)
+    fault_step = int(config.get("fault_step") or 0) if checkpoint is None else 0
+
+    logger = RunLogger(config.get("mlflow_run_id"), config.get("tracking_uri"), enabled=rank == 0)
+    steps_per_epoch = t.steps_per_epoch or _steps_per_epoch(cfg, "train", t.batch_size)
+    total_steps = steps_per_epoch * epochs
+    if rank == 0 and state.epoch >= epochs:
+        _say(f"p2p train: all {epochs} epochs already done (step {state.step})")
+    elif rank == 0:
+        _say(
+            f"p2p train: {world} worker(s) on {device.type}, global batch {t.batch_size} "
+            f"({per_worker_batch}/worker), {steps_per_epoch} steps/epoch, epochs "
+            f"{state.epoch + 1}..{epochs}, starting at step {state.step}"
+        )
+
+    def to_device(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+
+    metrics: dict[str, float] = {}
+    last_report = time.monotonic()
+    while state.epoch < epochs:
+        epoch = state.epoch  # 0-based index of the epoch being trained
+        g.train()
+        d.train()
+        loader = make_loader(
+            cfg.data.shards,
+            "train",
+            cfg.data,
+            batch_size=per_worker_batch,
+            rank=rank,
+            world_size=world,
+            train=True,
+            seed=t.seed,
+            epoch=epoch,
+            num_batches=t.steps_per_epoch or None,
+        )
+        sums = torch.zeros(3, dtype=torch.float64)  # loss_d, loss_g_gan, loss_g_l1 since last log
+        n_sum, t_log, t_epoch = 0, time.perf_counter(), time.perf_counter()
+        step0 = state.step  # global step at the start of this epoch (for the ETA)
+        for real_a, real_b in loader:
+            losses = train_step(
+                g,
+                d,
+                opt_g,
+                opt_d,
+                to_device(real_a),
+                to_device(real_b),
+                cfg,
+                gan_loss=gan_loss,
+                autocast_dtype=amp_dtype,
+            )
+            state.step += 1
+            sums += torch.tensor([losses["loss_d"], losses["loss_g_gan"], losses["loss_g_l1"]])
+            n_sum += 1
+            if fault_step and state.step == fault_step and rank == world - 1:
+                _fault_exit(fault_step, rank, last_report)  # test-only
+            if state.step % t.log_every == 0:
+                mean = _all_mean(sums / n_sum)  # average over the interval and the ranks
+                elapsed = time.perf_counter() - t_log
+                row = {
+                    "step": state.step,
+                    "epoch": epoch + 1,
+                    "loss_d": float(mean[0]),
+                    "loss_g_gan": float(mean[1]),
+                    "loss_g_l1": float(mean[2]),
+                    "lr": opt_g.param_groups[0]["lr"],
+                    "images_per_s": n_sum * t.batch_size / max(elapsed, 1e-9),
+                }
+                state.log.append(row)
+                if rank == 0:
+                    logger.log_metrics(
+                        {f"train/{k}": v for k, v in row.items() if k != "step"}, state.step
+                    )
+                    _print_progress(row, epochs, total_steps, state.step - step0, t_epoch)
+                sums.zero_()
+                n_sum, t_log = 0, time.perf_counter()
+
+        state.epoch = epoch + 1
+        _average_bn_buffers(g)
+        _average_bn_buffers(d)
+
+        val = _validate(
+            cfg, g, rank, world, per_worker_batch, to_device, amp_dtype, logger, state.epoch
+        )
+        last = state.log[-1] if state.log else {}
+        metrics = {
+            "step": state.step,
+            "epoch": state.epoch,
+            **{k: last[k] for k in ("loss_d", "loss_g_gan", "loss_g_l1", "lr") if k in last},
+            "images_per_s": (state.step - step0) * t.batch_size / (time.perf_counter() - t_epoch),
+            **val,
+        }
+        if val:  # the row of the epoch's last step carries its val metrics
+            if not state.log or state.log[-1]["step"] != state.step:
+                state.log.append({"step": state.step, "epoch": state.epoch})
+            state.log[-1].update(val)
+        for sched in (state.sched_g, state.sched_d):  # lr of the next epoch
+            _step_scheduler(sched, val.get("val_l1", last.get("loss_g_l1")))
+        if rank == 0:
+            logger.log_metrics({f"val/{k[4:]}": v for k, v in val.items()}, state.step)
+            _say(
+                f"p2p train: epoch {state.epoch}/{epochs} done, step {state.step}, "
+                + " ".join(f"{k} {v:.4g}" for k, v in val.items())
+            )
+
+        if state.epoch % t.checkpoint_every == 0 or state.epoch == epochs:
+            rngs = _gather_rng()  # every rank's RNG state, so a resume continues each stream
+            # (4) report: a barrier on every rank; rank 0 attaches the checkpoint directory
+            with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
+                ckpt = None
+                if rank == 0:
+                    save_state(tmp, state, cfg, rng=rngs, metrics=metrics)
+                    ckpt = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(
+                    metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{state.epoch:04d}"
+                )
+            last_report = time.monotonic()
+    return metrics
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def configure_backends(device: torch.device) -> None:
+    """Per-process settings of the training step (the bench uses them too).
+
+    CUDA: cudnn.benchmark (fixed input sizes: pick the fastest conv kernels) and TF32.
+    CPU: keep freed memory for reuse (`_keep_freed_memory`).
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        _keep_freed_memory()
+
+
+def _keep_freed_memory() -> None:
+    """Make glibc malloc reuse freed memory instead of returning it to the OS.
+
+    PyTorch on CPU allocates every activation and gradient with malloc. glibc serves large
+    blocks with fresh mmap()s and gives them back on free, so each training step page-faults
+    and zeroes all of its activation memory again (hundreds of MB per step at 256x256). With
+    mmap off and heap trimming off, the blocks freed by one step serve the next: the same
+    arithmetic, no page faults (what jemalloc/tcmalloc give, without preloading a library). The
+    cost: the process keeps its peak heap. A no-op where libc has no mallopt (non-glibc).
+    """
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(m_mmap_max, 0)  # large blocks come from the heap too
+        libc.mallopt(m_trim_threshold, -1)  # never shrink the heap
+    except (OSError, AttributeError):
+        pass
+
+
+def make_optimizers(
+    g: torch.nn.Module, d: torch.nn.Module, cfg: ExperimentConfig
+) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """One Adam per network (lr 2e-4, betas (0.5, 0.999) in the paper).
+
+    The fused implementation (one kernel per parameter tensor, CPU and CUDA) computes the same
+    Adam update as the default per-tensor loop, without its ~10 elementwise passes over
+    every parameter; it matters at small batches, where the U-Net's 54M parameters make the
+    optimizer a large share of the step.
+    """
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    params = [*g.parameters(), *d.parameters()]
+    fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
+    kw = {"lr": cfg.optim.lr, "betas": betas, "fused": fused or None}
+    return torch.optim.Adam(g.parameters(), **kw), torch.optim.Adam(d.parameters(), **kw)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _no_buffer_sync_kwargs() -> dict[str, bool]:
+    """DDP kwargs that stop the per-forward buffer broadcast (torch >= 2.13 spells it
+    `forward_sync_buffers`, which still syncs once at init: identical initial buffers)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    params = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in params:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
+def _steps_per_epoch(cfg: ExperimentConfig, split: str, global_batch: int) -> int:
+    """Train samples // global batch, from the shard index (make_loader's default)."""
+    from p2p.data.shards import read_index
+
+    n = _split_count(read_index(cfg.data.shards), split)
+    return max(n // global_batch, 1) if n else 1
+
+
+def _split_count(index: dict[str, Any], split: str) -> int:
+    """Samples of one split in a shard index (p2p.data.shards format); 0 if absent."""
+    entry = (index.get("splits") or {}).get(split) or {}
+    return int(entry.get("samples") or sum(s["samples"] for s in entry.get("shards", [])))
+
+
+def _all_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of a small CPU tensor over all ranks (identity without a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone().to(_collective_device())
+        dist.all_reduce(x)
+        x = x.cpu() / dist.get_world_size()
+    return x
+
+
+def _all_sum(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone().to(_collective_device())
+        dist.all_reduce(x)
+        x = x.cpu()
+    return x
+
+
+def _collective_device() -> torch.device:
+    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _gather_rng() -> list[dict[str, Any]]:
+    mine = rng_state()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, mine)
+        return out
+    return [mine]
+
+
+@torch.no_grad()
+def _average_bn_buffers(module: torch.nn.Module) -> None:
+    """Average BatchNorm running statistics over ranks (per-rank stats diverge without
+    broadcast_buffers; see the module docstring)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    dev = _collective_device()
+    for name, buf in module.named_buffers():
+        if name.endswith(("running_mean", "running_var")):
+            x = buf.detach().to(dev, torch.float32)
+            dist.all_reduce(x)
+            buf.copy_((x / dist.get_world_size()).to(buf.device, buf.dtype))
+
+
+def _step_scheduler(sched: Any, l1: float | None) -> None:
+    if sched is None:
+        return
+    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        sched.step(l1 if l1 is not None else 0.0)  # plateau on validation L1 (else train L1)
+    else:
+        sched.step()
+
+
+@torch.no_grad()
+def _validate(
+    cfg: ExperimentConfig,
+    g: torch.nn.Module,
+    rank: int,
+    world: int,
+    per_worker_batch: int,
+    to_device: Any,
+    amp_dtype: torch.dtype | None,
+    logger: RunLogger,
+    epoch: int,
+) -> dict[str, float]:
+    """val/l1, val/psnr, val/ssim over `train.val_batches` equal batches per rank, summed over
+    ranks; rank 0 logs the sample grid as samples/epoch_NNNN.png (NNNN = epochs finished).
+    Empty dict when the shards have no val split."""
+    from p2p.data.dataset import make_loader
+    from p2p.data.shards import read_index
+    from p2p.evaluation import metrics as M
+    from p2p.training.state import unwrap
+
+    n_val = _split_count(read_index(cfg.data.shards), "val")
+    if cfg.train.val_batches <= 0 or n_val == 0:
+        return {}
+    # at most one pass over the split: a small val split is not counted twice
+    num_batches = min(cfg.train.val_batches, math.ceil(n_val / (per_worker_batch * world)))
+    net = unwrap(g)  # no DDP forward: no backward follows
+    # eval.eval_mode False keeps dropout and batch statistics on (the paper's test-time noise);
+    # the BN running statistics are then restored so validation does not change them.
+    saved = None if cfg.eval.eval_mode else {k: v.clone() for k, v in net.named_buffers()}
+    net.train(not cfg.eval.eval_mode)
+    loader = make_loader(
+        cfg.data.shards,
+        "val",
+        cfg.data,
+        batch_size=per_worker_batch,
+        rank=rank,
+        world_size=world,
+        train=False,
+        seed=cfg.train.seed,
+        epoch=0,
+        num_batches=num_batches,
+    )
+    # The last ranks' final batches are padded with repeats of the first samples (equal batch
+    # counts keep the collectives in step); those repeats are left out of the sums.
+    keep = num_batches * per_worker_batch - loader.dataset.padded
+    sums = torch.zeros(4, dtype=torch.float64)  # l1, psnr, ssim, images
+    grid: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for real_a, real_b in loader:
+        real_a, real_b = to_device(real_a), to_device(real_b)
+        with torch.autocast(real_a.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            fake_b = net(real_a)
+        fake_b = fake_b.float()
+        n = max(0, min(real_a.shape[0], keep))
+        keep -= n
+        if n:
+            fb, rb = fake_b[:n], real_b[:n].float()
+            sums += torch.tensor(
+                [
+                    float(M.l1(fb, rb, reduction="none").sum()),
+                    float(M.psnr(fb, rb, reduction="none").sum()),
+                    float(M.ssim(fb, rb, reduction="none").sum()),
+                    n,
+                ],
+                dtype=torch.float64,
+            )
+        if rank == 0 and len(grid) < cfg.eval.num_samples:  # samples for the grid
+            grid.extend(zip(real_a.cpu(), fake_b.cpu(), real_b.cpu(), strict=True))
+    if saved is not None:
+        for k, v in net.named_buffers():
+            v.copy_(saved[k])
+    net.train()
+    sums = _all_sum(sums)  # equal batches per rank: every rank reaches this collective
+    total = max(float(sums[3]), 1.0)
+    val = {"val_l1": sums[0] / total, "val_psnr": sums[1] / total, "val_ssim": sums[2] / total}
+    val = {k: float(v) for k, v in val.items()}
+    if rank == 0 and grid:  # input | output | target, one row per sample
+        cols = [torch.stack(c) for c in zip(*grid[: cfg.eval.num_samples], strict=True)]
+        image = sample_grid(*cols, max_rows=cfg.eval.num_samples)
+        logger.log_image(image, f"samples/epoch_{epoch:04d}.png")
+    return val
+
+
+def _print_progress(
+    row: dict[str, float], epochs: int, total_steps: int, steps_this_epoch: int, t_epoch: float
+) -> None:
+    """One console line: epoch, step, losses, lr, images/s, ETA of the run."""
+    step = int(row["step"])
+    rate = max(steps_this_epoch, 1) / max(time.perf_counter() - t_epoch, 1e-9)  # steps/s
+    eta = max(total_steps - step, 0) / rate if rate > 0 else math.inf
+    _say(
+        f"epoch {int(row['epoch'])}/{epochs} step {step}/{total_steps} "
+        f"loss_d {row['loss_d']:.4f} loss_g_gan {row['loss_g_gan']:.4f} "
+        f"loss_g_l1 {row['loss_g_l1']:.4f} lr {row['lr']:.3g} "
+        f"{row['images_per_s']:.1f} img/s ETA {_fmt_duration(eta)}"
+    )
+
+
+def _fault_exit(step: int, rank: int, last_report: float) -> None:
+    """Test-only (P2P_FAULT_STEP): this worker process dies, as if killed.
+
+    Ray Train's controller registers a reported checkpoint at its next health check
+    (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s); a worker that dies sooner loses it and the run
+    restarts from the one before. The hook first waits until the last report is surely
+    registered, so that the restart deterministically resumes from it.
+    """
+    interval = float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S") or 2.0)
+    time.sleep(max(0.0, last_report + 2.5 * interval - time.monotonic()))
+    _say(f"p2p train: P2P_FAULT_STEP={step}: rank {rank} exits")
+    os._exit(1)
+
+
+def _say(line: str) -> None:
+    """A console line. Written to stdout directly: Ray Train V2 patches `print` to also log
+    through its logger, which shows every line twice on the driver."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _fmt_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -1,0 +1,284 @@
+"""Resumable training state: one checkpoint directory, three files.
+
+    <checkpoint>/state.pt        everything needed to resume (loaded with weights_only=True)
+    <checkpoint>/generator.pt    weights-only generator for evaluate/serve (p2p.checkpoints format)
+    <checkpoint>/config.json     cfg.to_dict(): a checkpoint rebuilds its models without params.yaml
+    <checkpoint>/train_log.csv   the metric rows logged so far (the DVC plot; survives resumes)
+    <checkpoint>/metrics.json    the metrics reported with this checkpoint
+
+state.pt holds plain containers and tensors only (no pickled objects), so it loads with
+`torch.load(..., weights_only=True)`: RNG states are stored as tensors and lists. State dicts come
+from the modules unwrapped from DDP (`.module`) and torch.compile (`._orig_mod`), so the keys never
+start with `module.` or `_orig_mod.` and a checkpoint loads into a bare model.
+
+RNG states are kept per rank (`rng[rank]`): rank 0 gathers them before saving. A resumed run with
+the same world size continues every rank's random stream exactly; with another world size each
+rank is reseeded from (seed, rank, step) instead (the data order is a function of (seed, epoch,
+rank) anyway, see p2p.data.dataset.make_loader).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from p2p import __version__
+from p2p.checkpoints import save_generator, unwrap  # unwrap: strips DDP .module / ._orig_mod
+from p2p.errors import P2PError
+
+SCHEMA_VERSION = 1
+STATE_FILE = "state.pt"
+GENERATOR_FILE = "generator.pt"
+CONFIG_FILE = "config.json"
+LOG_FILE = "train_log.csv"
+METRICS_FILE = "metrics.json"
+
+# Columns of train_log.csv (one row per log step; val/* filled on the last row of an epoch).
+LOG_COLUMNS = (
+    "step",
+    "epoch",
+    "loss_d",
+    "loss_g_gan",
+    "loss_g_l1",
+    "lr",
+    "images_per_s",
+    "val_l1",
+    "val_psnr",
+    "val_ssim",
+)
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training. Modules may be DDP- or compile-wrapped.
+
+    `step` counts optimizer steps of G over the whole run (global, not per epoch); `epoch` is the
+    number of finished epochs (the next epoch to run). `log` holds the train_log.csv rows so far.
+    """
+
+    g: nn.Module
+    d: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    sched_g: Any = None  # torch.optim.lr_scheduler.LRScheduler | ReduceLROnPlateau
+    sched_d: Any = None
+    scaler_g: Any = None  # torch.amp.GradScaler (fp16 only; bf16 needs none)
+    scaler_d: Any = None
+    step: int = 0
+    epoch: int = 0
+    log: list[dict[str, float]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- RNG
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's python/numpy/torch(/cuda) RNG states as weights_only-safe values."""
+    py_version, py_internal, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [py_version, list(py_internal), py_gauss],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np_keys.astype(np.int64)),
+            np_pos,
+            np_has_gauss,
+            np_gauss,
+        ],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of rng_state()."""
+    py_version, py_internal, py_gauss = state["python"]
+    random.setstate((py_version, tuple(int(x) for x in py_internal), py_gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    keys = np.asarray(np_keys.numpy() if torch.is_tensor(np_keys) else np_keys, dtype=np.uint32)
+    np.random.set_state((np_name, keys, int(np_pos), int(np_has_gauss), float(np_gauss)))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def save_state(
+    directory: str | Path,
+    state: TrainState,
+    cfg: Any,
+    *,
+    rng: list[dict[str, Any]] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> Path:
+    """Write state.pt, generator.pt, config.json, train_log.csv and metrics.json into `directory`.
+
+    Args:
+        directory: the checkpoint directory (created; files are written atomically).
+        state: the live training state.
+        cfg: the ExperimentConfig of the run.
+        rng: one rng_state() per rank (rank order); default: this process's only.
+        metrics: the metrics reported with this checkpoint (stored for reference).
+
+    Returns:
+        The directory.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    g, d = unwrap(state.g), unwrap(state.d)
+    blob = {
+        "schema_version": SCHEMA_VERSION,
+        "p2p_version": __version__,
+        "step": int(state.step),
+        "epoch": int(state.epoch),
+        "G": g.state_dict(),
+        "D": d.state_dict(),
+        "opt_G": state.opt_g.state_dict(),
+        "opt_D": state.opt_d.state_dict(),
+        "sched_G": _state_dict_or_none(state.sched_g),
+        "sched_D": _state_dict_or_none(state.sched_d),
+        "scaler_G": _state_dict_or_none(state.scaler_g),
+        "scaler_D": _state_dict_or_none(state.scaler_d),
+        "rng": rng if rng is not None else [rng_state()],
+        "config": cfg.to_dict(),
+        "metrics": dict(metrics or {}),
+        "log": [dict(r) for r in state.log],
+    }
+    _atomic_torch_save(blob, directory / STATE_FILE)
+    save_generator(directory / GENERATOR_FILE, g, cfg, step=state.step, epoch=state.epoch)
+    _atomic_write_text(directory / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    _atomic_write_text(directory / LOG_FILE, log_to_csv(state.log))
+    summary = {"step": int(state.step), "epoch": int(state.epoch), **dict(metrics or {})}
+    _atomic_write_text(directory / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+    return directory
+
+
+def read_state(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate state.pt (weights_only=True). Raises P2PError naming the file."""
+    path = Path(directory) / STATE_FILE
+    if not path.is_file():
+        raise P2PError(f"{path}: checkpoint has no {STATE_FILE}")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt file, or an object weights_only refuses
+        raise P2PError(f"{path}: cannot load training state: {e}") from None
+    if not isinstance(blob, dict) or "schema_version" not in blob:
+        raise P2PError(f"{path}: not a p2p training state (no schema_version)")
+    if blob["schema_version"] > SCHEMA_VERSION:
+        raise P2PError(
+            f"{path}: schema_version {blob['schema_version']} is newer than this p2p "
+            f"({__version__}) understands ({SCHEMA_VERSION}); upgrade p2p"
+        )
+    return blob
+
+
+def load_state(
+    directory: str | Path,
+    state: TrainState,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Restore `state` in place from a checkpoint directory written by save_state().
+
+    Models get their weights (strict), optimizers/schedulers/scalers their states, step/epoch/log
+    their values, and this rank its RNG state when the checkpoint was written by the same number
+    of ranks (else the caller reseeds).
+
+    Returns:
+        The raw blob (config dict, metrics, ...), with "rng_restored": bool added.
+    """
+    blob = read_state(directory, map_location=map_location)
+    unwrap(state.g).load_state_dict(blob["G"])
+    unwrap(state.d).load_state_dict(blob["D"])
+    state.opt_g.load_state_dict(blob["opt_G"])
+    state.opt_d.load_state_dict(blob["opt_D"])
+    for obj, key in (
+        (state.sched_g, "sched_G"),
+        (state.sched_d, "sched_D"),
+        (state.scaler_g, "scaler_G"),
+        (state.scaler_d, "scaler_D"),
+    ):
+        if obj is not None and blob.get(key) is not None:
+            obj.load_state_dict(blob[key])
+    state.step = int(blob["step"])
+    state.epoch = int(blob["epoch"])
+    state.log = [dict(r) for r in blob.get("log", [])]
+    rngs = blob.get("rng") or []
+    blob["rng_restored"] = len(rngs) == world_size
+    if blob["rng_restored"]:
+        set_rng_state(rngs[rank])
+    return blob
+
+
+# ----------------------------------------------------------------------------- train log
+
+
+def log_to_csv(rows: list[dict[str, float]]) -> str:
+    """train_log.csv text: LOG_COLUMNS header, one row per log step, empty cells where unset."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in LOG_COLUMNS})
+    return buf.getvalue()
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- internals
+
+
+def _state_dict_or_none(obj: Any) -> dict[str, Any] | None:
+    return None if obj is None else obj.state_dict()
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

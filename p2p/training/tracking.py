@@ -1,0 +1,315 @@
+"""MLflow tracking: the driver owns the run, rank 0 logs metrics into it.
+
+Who does what:
+- The driver (`p2p.training.trainer.fit`) calls `open_run()`: it finds or creates the run, logs
+  every param once (`cfg.flat()`, dotted keys such as `train.batch_size`, the same spelling as
+  params.yaml and `dvc exp run -S`) and sets the lineage tags (git commit, DVC data version, p2p
+  version, params hash, Ray run name and storage). After `fit` it calls `close_run()`.
+- Rank 0 of the Ray workers builds a `RunLogger` from the run id and logs metrics only
+  (`train/*` per log step, `val/*` per epoch) and the per-epoch sample grid. Workers never create
+  runs and never log params (MLflow params are write-once).
+
+No duplicated runs: a run is found again by its tag `p2p.run_name` (the Ray Train run name), so a
+worker restart (same driver, same run id) and a re-run of the same command after a driver crash
+(same run name -> same Ray storage dir -> same MLflow run) both continue one run.
+
+Tracking URI: `MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db` made absolute so that Ray
+workers (whose working directory differs) write to the same database. A sqlite file only works when
+all workers share the driver's filesystem (one machine); use an MLflow server for real clusters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+RUN_NAME_TAG = "p2p.run_name"
+
+
+def tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, or the project's sqlite database as an absolute URI."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def default_artifact_location(uri: str) -> str | None:
+    """Artifacts of a new experiment: beside a sqlite database (`<db dir>/mlruns`), so that they
+    never depend on the working directory; None (the server's choice) for other backends."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///") :])
+        return (db.parent / "mlruns").resolve().as_uri()
+    return None
+
+
+# ----------------------------------------------------------------------------- lineage
+
+
+def git_commit(repo: str | Path | None = None) -> str | None:
+    """HEAD commit of the code: the git checkout p2p is imported from (editable install), else
+    the repository at `repo` (default: the working directory); None outside git."""
+    for where in (Path(__file__).resolve().parents[2], Path(repo or ".")):
+        try:
+            out = subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=where,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.stdout.strip():
+            return out.stdout.strip()
+    return None
+
+
+def data_version(shards: str, raw_dir: str | None = None) -> str | None:
+    """A short identifier of the training data, for tags and the default run name.
+
+    In order: the DVC md5 of the raw data recorded in the shard index (`data_version.dvc_md5`),
+    the md5 in `<raw_dir>.dvc`, the md5 of the shards or raw dir in dvc.lock, then the sha256 of
+    the raw manifest recorded in the index. None if nothing is found.
+    """
+    try:
+        from p2p.data.shards import read_index
+
+        index = read_index(shards)
+    except Exception:  # no index yet, unreachable store: fall back to DVC files
+        index = None
+    recorded = (index or {}).get("data_version") or {}
+    if recorded.get("dvc_md5"):  # DVC's hash of the raw data the shards were written from
+        return str(recorded["dvc_md5"]).split(".")[0][:12]
+    for md5 in (_dvc_file_md5(raw_dir), _dvc_lock_md5(shards), _dvc_lock_md5(raw_dir)):
+        if md5:
+            return md5.split(".")[0][:12]
+    if recorded.get("manifest_sha256"):  # content hash of the raw manifest (not DVC-tracked)
+        return str(recorded["manifest_sha256"])[:12]
+    return None
+
+
+def _dvc_file_md5(raw_dir: str | None) -> str | None:
+    if not raw_dir:
+        return None
+    path = Path(f"{raw_dir.rstrip('/')}.dvc")
+    return _first_md5(path, lambda d: d.get("outs", []))
+
+
+def _dvc_lock_md5(out_path: str | None) -> str | None:
+    if not out_path or "://" in out_path:
+        return None
+    want = out_path.rstrip("/")
+
+    def outs(d: dict) -> list:
+        return [
+            o
+            for stage in (d.get("stages") or {}).values()
+            for o in stage.get("outs", [])
+            if str(o.get("path", "")).rstrip("/") == want
+        ]
+
+    return _first_md5(Path("dvc.lock"), outs)
+
+
+def _first_md5(path: Path, pick) -> str | None:
+    if not path.is_file():
+        return None
+    import yaml
+
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+        for o in pick(d):
+            if o.get("md5"):
+                return str(o["md5"])
+    except (yaml.YAMLError, AttributeError, TypeError):
+        return None
+    return None
+
+
+def run_tags(cfg: Any, *, run_name: str, storage_path: str, data_ver: str | None) -> dict[str, str]:
+    """Lineage tags of a training run (strings only; no secrets)."""
+    from p2p import __version__
+
+    tags = {
+        RUN_NAME_TAG: run_name,
+        "p2p.version": __version__,
+        "p2p.params_hash": cfg.params_hash(),
+        "p2p.data.shards": cfg.data.shards,
+        "ray.run_name": run_name,
+        "ray.storage_path": storage_path,
+    }
+    commit = git_commit()
+    if commit:
+        tags["git.commit"] = commit
+        tags["mlflow.source.git.commit"] = commit
+    if data_ver:
+        tags["dvc.data_version"] = data_ver
+    return tags
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def open_run(cfg: Any, *, run_name: str, tags: dict[str, str], uri: str | None = None) -> str:
+    """Find (by tag `p2p.run_name`) or create the run of `run_name`; log params once; set tags.
+
+    On a resumed run, params that did not exist are added; params whose value changed (e.g. more
+    `train.epochs` to continue training) cannot be rewritten in MLflow, so the new values are
+    recorded in the tag `p2p.resumed_with` and a warning is logged.
+
+    Returns:
+        The MLflow run id (passed to the Ray workers).
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, RunStatus, RunTag
+
+    uri = uri or tracking_uri()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.train.experiment)
+    if exp is not None:
+        exp_id = exp.experiment_id
+    else:
+        exp_id = client.create_experiment(
+            cfg.train.experiment, artifact_location=default_artifact_location(uri)
+        )
+    existing = find_run(cfg.train.experiment, run_name, uri=uri)
+    params = {k: _param_value(v) for k, v in cfg.flat().items()}
+    if existing:
+        run = client.get_run(existing)
+        run_id = existing
+        old = run.data.params
+        new = {k: v for k, v in params.items() if k not in old}
+        changed = {k: v for k, v in params.items() if k in old and old[k] != v}
+        if changed:
+            log.warning("resuming run %s with changed params: %s", run_name, changed)
+            tags = {**tags, "p2p.resumed_with": json.dumps(changed, sort_keys=True)[:5000]}
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    else:
+        run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        new = params
+    items = [Param(k, v) for k, v in new.items()]
+    for i in range(0, len(items), 100):  # MLflow accepts at most 100 params per batch
+        client.log_batch(run_id, params=items[i : i + 100])
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    return run_id
+
+
+def close_run(run_id: str, *, ok: bool, uri: str | None = None) -> None:
+    """Mark the run FINISHED or FAILED."""
+    from mlflow import MlflowClient
+
+    MlflowClient(uri or tracking_uri()).set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def log_run_summary(run_id: str, summary: dict[str, Any], uri: str | None = None) -> None:
+    """Driver-side tags after fit: final checkpoint URI etc. (strings)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import RunTag
+
+    client = MlflowClient(uri or tracking_uri())
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in summary.items()])
+
+
+def find_run(experiment: str, run_name: str, uri: str | None = None) -> str | None:
+    """The id of the run tagged `p2p.run_name = run_name` in `experiment`, or None."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri or tracking_uri())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    found = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{RUN_NAME_TAG}` = '{_quote(run_name)}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def log_config_artifact(run_id: str, text: str, uri: str | None = None) -> None:
+    """The resolved params as `params.yaml` in the run's artifacts (overwritten on resume)."""
+    from mlflow import MlflowClient
+
+    MlflowClient(uri or tracking_uri()).log_text(run_id, text, "params.yaml")
+
+
+def _quote(s: str) -> str:
+    return s.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _param_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else str(v)
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+class RunLogger:
+    """Metrics and images into an existing run; a no-op when disabled (ranks other than 0).
+
+    Args:
+        run_id: the driver's run (None disables logging).
+        uri: tracking URI (the driver's, made absolute).
+        enabled: False on every rank but 0.
+    """
+
+    def __init__(self, run_id: str | None, uri: str | None, *, enabled: bool = True) -> None:
+        self.run_id = run_id
+        self.enabled = bool(enabled and run_id)
+        self._client = None
+        if self.enabled:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(uri or tracking_uri())
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """One batch of metrics at `step` (the global G step)."""
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items() if v is not None]
+        try:
+            self._client.log_batch(self.run_id, metrics=items)
+        except Exception as e:  # tracking must never kill training
+            log.warning("MLflow log_metrics failed: %s", e)
+
+    def log_image(self, image: Any, artifact_file: str) -> None:
+        """A PIL image as a PNG artifact at `artifact_file` (e.g. samples/epoch_0001.png)."""
+        if not self.enabled:
+            return
+        try:
+            self._client.log_image(self.run_id, image, artifact_file=artifact_file)
+        except Exception as e:
+            log.warning("MLflow log_image failed: %s", e)
+
+
+def sample_grid(real_a: Any, fake_b: Any, real_b: Any, max_rows: int = 8) -> Any:
+    """A PIL image with one row per sample: input | output | target.
+
+    Args:
+        real_a, fake_b, real_b: (B, C, H, W) tensors in [-1, 1] (C is 1 or 3).
+        max_rows: at most this many samples.
+    """
+    import torch
+    from PIL import Image
+
+    def rgb(x: torch.Tensor) -> torch.Tensor:
+        x = x[:max_rows].detach().float().cpu()
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # gray -> 3 channels
+
+    rows = torch.cat([rgb(real_a), rgb(fake_b), rgb(real_b)], dim=3)  # (N, 3, H, 3W)
+    grid = torch.cat(list(rows), dim=1)  # (3, N*H, 3W)
+    pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy())

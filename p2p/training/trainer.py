@@ -1,0 +1,391 @@
+"""`fit(cfg)`: the driver side of `p2p train`. It picks where Ray runs, owns the MLflow run,
+launches the Ray Train job and exports the result to `models/`.
+
+Where training runs (`--address`, else `resources.address`, else `RAY_ADDRESS`):
+
+- "" (default): local Ray. `ray.init(num_cpus=num_workers x cpus_per_worker)` on this machine,
+  shut down after the run.
+- `auto` or `host:6379`: driver on the cluster. This process joins the running cluster as the
+  Ray driver (run it on a cluster node).
+- `ray://host:10001`: driver via Ray Client, the same from outside the cluster.
+- `http://head:8265`: Ray Jobs API. `p2p train` is submitted as a Ray Job, its logs are tailed
+  here and the outputs are fetched from `train.storage_path` when it succeeds.
+
+Why two remote modes: a driver connection (`auto`/`ray://`) keeps the run in this process (the
+simplest path when you are on the cluster), but the run dies with the connection. A Ray Job runs
+the driver on the head node: a laptop or a Prefect worker submits it, streams the logs, and a
+dropped connection does not stop training. The job runs `p2p train --address auto` with the
+resolved params (uploaded as the job's working_dir) and the same run name; the p2p package must be
+installed on the cluster nodes. Environment variables from `p2p.settings` (S3 endpoint and
+credentials, MLflow URI) reach the job and every worker through `runtime_env`, never through
+logs. On a multi-node cluster `train.storage_path` and `data.shards` must be reachable from every
+node (s3://..., or a shared filesystem) and MLflow should be a server.
+
+Resuming: the Ray run name is `--run-name`, else `train.run_name`, else derived from the data
+version and the params hash, so running the same command again continues the same run from its
+latest checkpoint (Ray Train V2 resumes by `(storage_path, name)`) and the same MLflow run.
+Worker failures inside one run are retried by Ray (`resources.max_failures`) from the latest
+checkpoint.
+
+Outputs (`out_dir`, default `models/`): `generator.pt` (weights-only, from the final checkpoint),
+`train_log.csv` (step, epoch, losses, lr, images/s, val metrics: the DVC plot) and
+`train_metrics.json` (the final metrics: the DVC metrics file).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2p.config import ExperimentConfig, to_yaml
+from p2p.errors import DataError, P2PError
+from p2p.settings import Settings
+from p2p.training import tracking
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "P2P_FAULT_STEP"  # test-only fault injection, see p2p.training.loop
+EXPORTED = ("generator.pt", "train_log.csv", "metrics.json")
+_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `fit` produced."""
+
+    run_name: str
+    generator_path: Path
+    train_log_path: Path
+    metrics_path: Path
+    checkpoint_uri: str  # the final checkpoint directory (local path or s3://...)
+    mlflow_run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def default_run_name(cfg: ExperimentConfig) -> str:
+    """`p2p-<dataset>-<data version>-<params hash>`: the same data and params give the same name,
+    so re-running a command resumes its run."""
+    version = tracking.data_version(cfg.data.shards, cfg.data.raw_dir) or "nodata"
+    name = f"p2p-{cfg.data.name}-{version[:8]}-{cfg.params_hash()[:8]}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+
+
+def fit(
+    cfg: ExperimentConfig,
+    *,
+    shards: str | None = None,
+    out_dir: str | Path = "models",
+    address: str | None = None,
+    run_name: str | None = None,
+) -> TrainResult:
+    """Train pix2pix with Ray Train and export the final generator.
+
+    Args:
+        cfg: the experiment config.
+        shards: shard dir or s3:// prefix; overrides `data.shards`.
+        out_dir: where generator.pt, train_log.csv and train_metrics.json go.
+        address: Ray address (see the module docstring); None = `resources.address`, else
+            `RAY_ADDRESS`, else a local Ray.
+        run_name: Ray/MLflow run name; None = `train.run_name`, else derived (resumable).
+
+    Raises:
+        DataError: the shards cannot be read.
+        P2PError: training failed (after Ray's retries) or produced no checkpoint.
+    """
+    if shards:
+        cfg = cfg.replace(**{"data.shards": str(shards)})
+    if cfg.resources.num_workers < 1:
+        raise P2PError(
+            "resources.num_workers must be >= 1 for `p2p train` (Ray Train's local mode, "
+            "num_workers 0, keeps no checkpoints and cannot resume)"
+        )
+    settings = Settings.from_env()
+    if address is None:
+        address = cfg.resources.address or settings.ray_address or ""
+    _check_shards(cfg)
+    run_name = run_name or cfg.train.run_name or default_run_name(cfg)
+    run_cfg = _absolute_paths(cfg)  # workers and jobs run elsewhere: no relative local paths
+    if address.startswith(("http://", "https://")):
+        return _submit_job(run_cfg, address=address, out_dir=Path(out_dir), run_name=run_name)
+    return _fit_here(cfg, run_cfg, address=address, out_dir=Path(out_dir), run_name=run_name)
+
+
+# ----------------------------------------------------------------------------- modes
+
+
+def _fit_here(
+    cfg: ExperimentConfig, run_cfg: ExperimentConfig, *, address: str, out_dir: Path, run_name: str
+) -> TrainResult:
+    """Local Ray or a driver connection: TorchTrainer.fit() in this process."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from p2p.training.loop import train_loop_per_worker
+
+    res = cfg.resources
+    storage = run_cfg.train.storage_path
+    done = _finished_checkpoint(storage, run_name, cfg.epochs)
+    if done is not None:  # nothing left to train: skip starting Ray
+        print(f"p2p train: run {run_name} already finished {cfg.epochs} epochs ({done})")
+        run_id = tracking.find_run(cfg.train.experiment, run_name)
+        return export_outputs(done, out_dir, run_name=run_name, mlflow_run_id=run_id)
+    env = _worker_env()
+    uri = tracking.tracking_uri()
+    data_ver = tracking.data_version(cfg.data.shards, cfg.data.raw_dir)
+    tags = tracking.run_tags(cfg, run_name=run_name, storage_path=storage, data_ver=data_ver)
+    run_id = tracking.open_run(cfg, run_name=run_name, tags=tags, uri=uri)
+    tracking.log_config_artifact(run_id, to_yaml(cfg), uri=uri)
+
+    started = False
+    if not ray.is_initialized():
+        try:
+            if address:
+                ray.init(address=address, runtime_env={"env_vars": env})
+            else:
+                ray.init(
+                    num_cpus=max(1, math.ceil(res.num_workers * res.cpus_per_worker)),
+                    num_gpus=math.ceil(res.num_workers * res.gpus_per_worker) if res.use_gpu else 0,
+                    include_dashboard=False,
+                    runtime_env={"env_vars": env},
+                )
+        except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
+            tracking.close_run(run_id, ok=False, uri=uri)
+            hint = ""
+            if "auth" in str(e).lower():
+                hint = " (the cluster uses token auth: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN)"
+            where = address or "a local Ray"
+            raise P2PError(f"cannot start or reach {where}: {_first_line(e)}{hint}") from None
+        started = True
+
+    per_worker = {"CPU": float(res.cpus_per_worker)}
+    if res.use_gpu:
+        per_worker["GPU"] = float(res.gpus_per_worker)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": run_cfg.to_dict(),
+            "mlflow_run_id": run_id,
+            "tracking_uri": uri,
+            "fault_step": int(os.environ.get(FAULT_ENV) or 0),
+        },
+        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            worker_runtime_env={"env_vars": env},
+        ),
+    )
+    ok = False
+    try:
+        try:
+            result = trainer.fit()
+        except ray.train.TrainingFailedError as e:
+            raise P2PError(f"training run {run_name} failed: {_first_line(e)}") from e
+        ckpt_uri = (
+            _checkpoint_uri(result.checkpoint, storage)
+            if result.checkpoint is not None
+            else latest_checkpoint(storage, run_name)
+        )
+        if ckpt_uri is None:
+            raise P2PError(f"training run {run_name} produced no checkpoint under {storage}")
+        out = export_outputs(ckpt_uri, out_dir, run_name=run_name, mlflow_run_id=run_id)
+        tracking.log_run_summary(run_id, {"p2p.checkpoint": ckpt_uri}, uri=uri)
+        ok = True
+        return out
+    finally:
+        tracking.close_run(run_id, ok=ok, uri=uri)
+        if started:
+            ray.shutdown()
+
+
+def _submit_job(
+    cfg: ExperimentConfig, *, address: str, out_dir: Path, run_name: str
+) -> TrainResult:
+    """Ray Jobs API: run `p2p train --address auto` on the cluster, tail its logs, wait."""
+    import asyncio
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    env = _worker_env()
+    env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri())
+    client = JobSubmissionClient(address)
+    with tempfile.TemporaryDirectory(prefix="p2p-job-") as wd:
+        Path(wd, "params.yaml").write_text(to_yaml(cfg))  # the resolved params, paths absolute
+        argv = ["p2p", "train", "--params", "params.yaml", "--address", "auto"]
+        argv += ["--run-name", run_name, "--out", "models"]
+        job_id = client.submit_job(
+            entrypoint=shlex.join(argv),  # every argument quoted: no shell interpretation
+            runtime_env={"working_dir": wd, "env_vars": env},
+            submission_id=f"{run_name}-{uuid.uuid4().hex[:8]}",
+            metadata={"p2p.run_name": run_name},
+        )
+    print(f"p2p train: submitted Ray job {job_id} to {address}", flush=True)
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    try:
+        asyncio.run(tail())
+    except KeyboardInterrupt:
+        client.stop_job(job_id)
+        raise
+    status = client.get_job_status(job_id)
+    if status != JobStatus.SUCCEEDED:
+        info = client.get_job_info(job_id)
+        raise P2PError(f"Ray job {job_id} {status.value}: {_first_line(info.message or '')}")
+    storage = cfg.train.storage_path
+    ckpt_uri = latest_checkpoint(storage, run_name)
+    if ckpt_uri is None:
+        raise P2PError(f"Ray job {job_id} succeeded but no checkpoint is under {storage}")
+    run_id = tracking.find_run(cfg.train.experiment, run_name)
+    return export_outputs(ckpt_uri, out_dir, run_name=run_name, mlflow_run_id=run_id)
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def latest_checkpoint(storage_path: str, run_name: str) -> str | None:
+    """URI of the highest `epoch_NNNN` checkpoint of a run that holds a generator, or None."""
+    import pyarrow.fs as pafs
+
+    root = f"{storage_path.rstrip('/')}/{run_name}"
+    fs, path = _filesystem(root)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return None
+    found = sorted(
+        (int(m.group(1)), i.base_name)
+        for i in infos
+        if i.type == pafs.FileType.Directory and (m := _EPOCH_DIR.match(i.base_name))
+    )
+    for _, name in reversed(found):
+        if fs.get_file_info(f"{path}/{name}/generator.pt").type == pafs.FileType.File:
+            return f"{root}/{name}"
+    return None
+
+
+def _finished_checkpoint(storage_path: str, run_name: str, epochs: int) -> str | None:
+    """The latest checkpoint of the run if it already holds `epochs` epochs, else None."""
+    uri = latest_checkpoint(storage_path, run_name)
+    if uri is None:
+        return None
+    fs, path = _filesystem(uri)
+    try:
+        with fs.open_input_stream(f"{path}/metrics.json") as f:
+            done = int(json.loads(f.read()).get("epoch", 0))
+    except (OSError, ValueError):
+        return None
+    return uri if done >= epochs else None
+
+
+def export_outputs(
+    checkpoint_uri: str, out_dir: Path, *, run_name: str, mlflow_run_id: str | None
+) -> TrainResult:
+    """Copy generator.pt and train_log.csv of a checkpoint to `out_dir` (atomically), write
+    train_metrics.json."""
+    fs, path = _filesystem(checkpoint_uri)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in EXPORTED:
+        src = f"{path}/{name}"
+        dst = out_dir / ("checkpoint_metrics.json" if name == "metrics.json" else name)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        try:
+            with fs.open_input_stream(src) as fin, open(tmp, "wb") as fout:
+                while chunk := fin.read(1 << 22):
+                    fout.write(chunk)
+            os.replace(tmp, dst)
+        except FileNotFoundError:
+            raise P2PError(f"{checkpoint_uri}: checkpoint has no {name}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+    ckpt_metrics_path = out_dir / "checkpoint_metrics.json"
+    metrics = json.loads(ckpt_metrics_path.read_text())
+    ckpt_metrics_path.unlink()
+    summary = {
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "run": {"name": run_name, "mlflow_run_id": mlflow_run_id, "checkpoint": checkpoint_uri},
+    }
+    metrics_path = out_dir / "train_metrics.json"
+    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, metrics_path)
+    return TrainResult(
+        run_name=run_name,
+        generator_path=out_dir / "generator.pt",
+        train_log_path=out_dir / "train_log.csv",
+        metrics_path=metrics_path,
+        checkpoint_uri=checkpoint_uri,
+        mlflow_run_id=mlflow_run_id,
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _check_shards(cfg: ExperimentConfig) -> None:
+    from p2p.data.shards import read_index
+
+    try:
+        index = read_index(cfg.data.shards)
+    except P2PError:
+        raise
+    except Exception as e:
+        raise DataError(f"{cfg.data.shards}: cannot read the shard index: {e}") from None
+    train = (index.get("splits") or {}).get("train") or {}
+    if not train.get("samples"):
+        raise DataError(f"{cfg.data.shards}: the shards hold no train samples")
+
+
+def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Local data.shards and train.storage_path made absolute (workers' cwd differs)."""
+    over: dict[str, Any] = {}
+    for key, value in (
+        ("data.shards", cfg.data.shards),
+        ("train.storage_path", cfg.train.storage_path),
+    ):
+        if value and "://" not in value:
+            over[key] = str(Path(value).expanduser().resolve())
+    return cfg.replace(**over) if over else cfg
+
+
+def _worker_env() -> dict[str, str]:
+    """Settings the job and workers need (endpoints, credentials, MLflow URI); never logged."""
+    return Settings.from_env().worker_env()
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    import pyarrow.fs as pafs
+
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), str(Path(uri).resolve())
+
+
+def _checkpoint_uri(checkpoint: Any, storage_path: str) -> str:
+    """A Ray Checkpoint's location as a URI (S3 paths come back without their scheme)."""
+    scheme = storage_path.split("://", 1)[0] if "://" in storage_path else ""
+    path = checkpoint.path
+    return f"{scheme}://{path}" if scheme and "://" not in path else path
+
+
+def _first_line(e: BaseException | str) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,203 @@
+"""Ray Train end to end on a real 2-node local cluster (gloo), S3 shards and checkpoints on the
+moto server, sqlite MLflow.
+
+Two fit() calls in all (each costs ~30 s here):
+1. `killed_run`: 3 epochs; rank 1 dies mid-epoch 2 (P2P_FAULT_STEP). Ray restarts the worker
+   group from the epoch-1 checkpoint and the run finishes -> fault tolerance + MLflow checks.
+2. the resume test: the same run name again with 4 epochs -> continues at the last step of
+   run 1, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import uuid
+from collections import Counter
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+BATCH = 4  # global: 2 per worker
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server):
+    """Two Ray nodes with one CPU each: the two training workers land on different nodes."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    yield c
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    import boto3
+
+    name = f"p2p-train-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="module")
+def train_cfg(tmp_path_factory, bucket):
+    """Tiny config; demo pairs sharded to S3 (train 24 pairs -> 6 steps/epoch)."""
+    from p2p.config import load_config
+    from p2p.data.build import build_demo
+    from p2p.data.shards import write_shards
+
+    cfg = load_config(
+        None,
+        {
+            "build.num_pairs": 30,
+            "build.size": 72,
+            "data.load_size": 72,
+            "data.crop_size": 64,
+            "data.shard_max_count": 8,  # several train shards of unequal size
+            "data.loader_workers": 0,
+            "data.shards": f"s3://{bucket}/shards",
+            "model.num_downs": 6,
+            "model.base_channels": 8,
+            "model.disc_channels": 8,
+            "optim.n_epochs": 2,
+            "optim.n_epochs_decay": 2,
+            "train.batch_size": BATCH,
+            "train.epochs": EPOCHS,
+            "train.log_every": 2,
+            "train.val_batches": 2,
+            "train.storage_path": f"s3://{bucket}/runs",
+            "train.experiment": f"ray-train-{uuid.uuid4().hex[:6]}",
+            "resources.num_workers": 2,
+            "resources.cpus_per_worker": 1,
+            "resources.max_failures": 2,
+        },
+    )
+    raw = tmp_path_factory.mktemp("raw") / "demo"
+    build_demo(raw, cfg.build, cfg.data)
+    index = write_shards(raw, cfg.data.shards, cfg.data)
+    assert index["splits"]["train"]["samples"] == 24
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def killed_run(cluster, train_cfg, tmp_path_factory):
+    """fit() with rank 1 exiting at step spe + 3 (epoch 2): one restart from epoch_0001."""
+    from p2p.training.trainer import fit
+
+    spe = 24 // BATCH
+    out = tmp_path_factory.mktemp("models")
+    os.environ["P2P_FAULT_STEP"] = str(spe + 3)
+    try:
+        result = fit(train_cfg, out_dir=out, address=cluster.address, run_name="killed")
+    finally:
+        os.environ.pop("P2P_FAULT_STEP")
+    return result, spe
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    return MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def _steps(run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in _client().get_metric_history(run_id, key))
+
+
+def _s3_dirs(bucket: str, prefix: str) -> set[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    keys = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {k["Key"][len(prefix) :].split("/")[0] for k in keys}
+
+
+def test_worker_killed_mid_run_recovers(killed_run, bucket):
+    from p2p.checkpoints import load_generator
+
+    result, spe = killed_run
+    total = EPOCHS * spe
+    # The run finished with every step done once in the final history: no restart from zero.
+    assert result.metrics["step"] == total and result.metrics["epoch"] == EPOCHS
+    with open(result.train_log_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(2, total + 1, 2))
+    assert all(rows[i]["val_psnr"] for i in (spe // 2 - 1, spe - 1, total // 2 - 1))
+
+    # The kill really happened: steps logged between the epoch-1 checkpoint and the kill were
+    # logged twice (before and after the restart), everything before the checkpoint once.
+    seen = Counter(_steps(result.mlflow_run_id, "train/loss_d"))
+    assert seen[spe + 2] == 2, seen
+    assert all(seen[s] == 1 for s in range(2, spe + 1, 2)), seen
+    assert all(seen[s] == 1 for s in range(spe + 4, total + 1, 2)), seen
+
+    # Final checkpoint on S3, loadable outputs.
+    assert result.checkpoint_uri == f"s3://{bucket}/runs/killed/epoch_{EPOCHS:04d}"
+    assert {f"epoch_{e:04d}" for e in range(1, EPOCHS + 1)} <= _s3_dirs(bucket, "runs/killed/")
+    g = load_generator(result.generator_path)
+    assert sum(p.numel() for p in g.parameters()) > 0
+    metrics = json.loads(result.metrics_path.read_text())
+    assert metrics["run"]["mlflow_run_id"] == result.mlflow_run_id
+
+
+def test_mlflow_run_contents(killed_run, train_cfg):
+    result, spe = killed_run
+    client = _client()
+    exp = client.get_experiment_by_name(train_cfg.train.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert [r.info.run_id for r in runs] == [result.mlflow_run_id]  # one run despite the restart
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert set(train_cfg.flat()) <= set(params)  # every param, dotted keys
+    assert params["train.batch_size"] == str(BATCH) and params["model.base_channels"] == "8"
+    tags = run.data.tags
+    assert tags["p2p.run_name"] == "killed" and tags["p2p.params_hash"] == train_cfg.params_hash()
+    assert tags["dvc.data_version"] and tags["p2p.version"] and tags["git.commit"]
+    for key in ("train/loss_d", "train/loss_g_gan", "train/loss_g_l1", "train/lr"):
+        assert len(set(_steps(run.info.run_id, key))) == EPOCHS * spe // 2, key
+    assert _steps(run.info.run_id, "val/psnr") == [spe * e for e in range(1, EPOCHS + 1)]
+    assert 0 < run.data.metrics["val/ssim"] <= 1
+    samples = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+    assert {f"samples/epoch_{e:04d}.png" for e in range(1, EPOCHS + 1)} <= samples
+
+
+def test_rerun_with_same_name_resumes(killed_run, cluster, train_cfg, tmp_path):
+    from p2p.training.trainer import fit
+
+    first, spe = killed_run
+    cfg = train_cfg.replace(**{"train.epochs": EPOCHS + 1})
+    result = fit(cfg, out_dir=tmp_path, address=cluster.address, run_name="killed")
+    assert result.mlflow_run_id == first.mlflow_run_id  # the same MLflow run continues
+    assert result.metrics["step"] == (EPOCHS + 1) * spe
+    assert result.checkpoint_uri.endswith(f"epoch_{EPOCHS + 1:04d}")
+    # The new attempt started at step EPOCHS*spe: its steps are logged once, none repeated.
+    seen = Counter(_steps(result.mlflow_run_id, "train/loss_d"))
+    assert all(seen[s] == 1 for s in range(EPOCHS * spe + 2, (EPOCHS + 1) * spe + 1, 2)), seen
+    with open(result.train_log_path) as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert steps == list(range(2, (EPOCHS + 1) * spe + 1, 2))
+    run = _client().get_run(result.mlflow_run_id)
+    assert json.loads(run.data.tags["p2p.resumed_with"]) == {"train.epochs": str(EPOCHS + 1)}
+
+    # Once more: nothing left to train, so the outputs come straight from the checkpoint.
+    again = fit(cfg, out_dir=tmp_path / "again", address=cluster.address, run_name="killed")
+    assert again.checkpoint_uri == result.checkpoint_uri
+    assert again.mlflow_run_id == result.mlflow_run_id
+    assert again.generator_path.read_bytes() == result.generator_path.read_bytes()
+
+
+def test_cli_bad_shards_is_one_line_error(tmp_path, capsys):
+    from p2p.cli import main
+
+    missing = tmp_path / "no-shards"
+    rc = main(["train", "--shards", str(missing), "--out", str(tmp_path / "models")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("p2p train: error:") and str(missing) in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "models").exists()
