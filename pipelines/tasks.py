@@ -37,19 +37,6 @@ _NETWORK_ERRNOS = frozenset(
         errno.EPIPE,
     }
 )
-# S3 error codes worth another try (HTTP 5xx always is).
-_TRANSIENT_CODES = frozenset(
-    {
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-        "ServiceUnavailable",
-        "SlowDown",
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-    }
-)
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -79,16 +66,10 @@ def _transient_one(e: BaseException) -> bool:
         return True
     if isinstance(e, OSError) and e.errno in _NETWORK_ERRNOS:
         return True
-    try:
-        from botocore import exceptions as bex
+    from p2p.data.storage import is_transient_s3_error
 
-        if isinstance(e, bex.ConnectionError | bex.HTTPClientError | bex.IncompleteReadError):
-            return True
-        if isinstance(e, bex.ClientError):
-            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            return e.response.get("Error", {}).get("Code") in _TRANSIENT_CODES or status >= 500
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        pass
+    if is_transient_s3_error(e):  # botocore connection/read errors, S3 throttling, 5xx
+        return True
     try:
         from dvc.exceptions import DownloadError, UploadError
 

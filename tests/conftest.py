@@ -90,18 +90,8 @@ def s3_bucket(s3_server) -> str:
 @pytest.fixture
 def tiny_cfg():
     """A config small enough for CPU tests: 64x64 crops, a 6-level U-Net with 8 base channels."""
+    from data_fixtures import TINY
+
     from p2p.config import load_config
 
-    return load_config(
-        None,
-        {
-            "data.load_size": 72,
-            "data.crop_size": 64,
-            "data.loader_workers": 0,
-            "model.num_downs": 6,
-            "model.base_channels": 8,
-            "model.disc_channels": 8,
-            "train.batch_size": 2,
-            "resources.num_workers": 1,
-        },
-    )
+    return load_config(None, TINY)

@@ -12,6 +12,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# A config small enough for CPU tests (the keys of params.yaml): 64x64 crops, a 6-level U-Net
+# with 8 base channels, one worker, no loader processes.
+TINY: dict[str, object] = {
+    "data.load_size": 72,
+    "data.crop_size": 64,
+    "data.loader_workers": 0,
+    "model.num_downs": 6,
+    "model.base_channels": 8,
+    "model.disc_channels": 8,
+    "train.batch_size": 2,
+    "resources.num_workers": 1,
+}
+
 
 def noise(h: int, w: int, seed: int, channels: int = 3) -> np.ndarray:
     """(H, W, C) or (H, W) uint8 noise; smooth enough that JPEG keeps it recognisable."""

@@ -5,8 +5,9 @@ architecture and init) and the same random batches:
 - reference: the reference implementation's step written out plainly (junyanz
   `Pix2PixModel.optimize_parameters`): G forward, D on the detached fake and on the real pair
   (separate passes), `set_requires_grad` toggling, D on the fake again for G, default Adam, fp32,
-  contiguous (NCHW) tensors;
-- p2p: `p2p.training.step.train_step` with the optimizers and backend settings of the training
+  contiguous (NCHW) tensors, torch's own layers (`nn.ConvTranspose2d`);
+- p2p: `p2p.training.step.train_step` on p2p's layers (`UpConv`: the U-Net's transposed convs
+  as GEMM + col2im on small CPU inputs) with the optimizers and backend settings of the training
   loop (`p2p.training.loop.make_optimizers` / `configure_backends`); on GPU also bf16 autocast
   and channels_last (and torch.compile with --compile).
 
@@ -243,7 +244,8 @@ def _setup_impl(cfg_dict: dict, device: str, batch: int, impl: str, compile_: bo
             return float(torch.cuda.max_memory_allocated(dev))
         return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
-    if impl == "reference":  # default Adam, fp32, NCHW, default backend settings
+    if impl == "reference":  # default Adam, fp32, NCHW, default backend settings, torch layers
+        g = _with_library_layers(g)
         betas = (cfg.optim.beta1, cfg.optim.beta2)
         opt_g = torch.optim.Adam(g.parameters(), lr=cfg.optim.lr, betas=betas)
         opt_d = torch.optim.Adam(d.parameters(), lr=cfg.optim.lr, betas=betas)
@@ -259,6 +261,29 @@ def _setup_impl(cfg_dict: dict, device: str, batch: int, impl: str, compile_: bo
     gan = GANLoss(cfg.loss.gan_mode).to(dev)
     step = lambda: train_step(g, d, opt_g, opt_d, a, b, cfg, gan_loss=gan, autocast_dtype=amp)  # noqa: E731
     return step, sync, peak
+
+
+def _with_library_layers(net):
+    """The reference network: every p2p `UpConv` swapped for a plain `nn.ConvTranspose2d` with
+    the same weights (the reference uses torch's layer; UpConv's CPU GEMM path is p2p's)."""
+    import torch.nn as nn
+
+    from p2p.models.layers import UpConv
+
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, UpConv):
+                plain = nn.ConvTranspose2d(
+                    child.in_channels,
+                    child.out_channels,
+                    child.kernel_size,
+                    child.stride,
+                    child.padding,
+                    bias=child.bias is not None,
+                ).to(child.weight.device)
+                plain.load_state_dict(child.state_dict())
+                setattr(parent, name, plain)
+    return net
 
 
 def _cpu_seconds() -> float:

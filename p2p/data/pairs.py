@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from p2p.atomic import swap_dir_into_place
 from p2p.config import DataConfig
 from p2p.data.images import encode_png, is_image_file, open_image, to_channels
 from p2p.errors import DataError
@@ -386,7 +387,7 @@ class DatasetWriter:
         check = validate_dataset(self.tmp, data=data)
         if not check.ok:
             raise InvalidDataset(str(self.out), check.problems, "output failed validation")
-        _swap_into_place(self.tmp, self.out)
+        swap_dir_into_place(self.tmp, self.out)
         return load_manifest(self.out)
 
     def abort(self) -> None:
@@ -430,7 +431,7 @@ def _check_replaceable(out: Path) -> None:
 
 def _recover_leftovers(out: Path) -> None:
     """Tidy up after a writer that was killed: drop its temp dir; if it died between the two
-    renames of `_swap_into_place`, put the previous dataset back."""
+    renames of `swap_dir_into_place`, put the previous dataset back."""
     if not out.parent.is_dir():
         return
     for kind in ("old", "tmp"):
@@ -453,22 +454,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename tmp onto out; an existing out is moved aside first and deleted only after."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)  # put the previous dataset back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- source scan

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from p2p.atomic import swap_dir_into_place
 from p2p.config import DataConfig
 from p2p.data import storage
 from p2p.errors import DataError
@@ -131,7 +132,7 @@ def write_shards(
         if storage.is_s3_url(out_s):
             _publish_s3(workdir, out_s, index, say)
         else:
-            _swap_into_place(workdir, Path(out_s))
+            swap_dir_into_place(workdir, Path(out_s))
             workdir = None  # renamed; nothing to clean up
     finally:
         if workdir is not None:
@@ -455,22 +456,6 @@ def _local_workdir(out: str) -> Path:
     tmp = dst.parent / f".{dst.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     return tmp
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename tmp onto out; an existing out is moved aside first and deleted only after."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _publish_s3(workdir: Path, out: str, index: dict[str, Any], say: Callable[[str], None]) -> None:

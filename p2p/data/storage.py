@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+from p2p.atomic import write_atomic
 from p2p.errors import P2PError
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def s3_client(*, max_attempts: int = 5, retry_mode: str = "standard") -> Any:
     return client
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient_s3_error(exc: BaseException) -> bool:
     """Connection drops, timeouts, throttling and 5xx: worth retrying the whole operation."""
     from botocore import exceptions as bex
 
@@ -185,7 +186,7 @@ def _retry(what: str, fn: Callable[[], T], attempts: int) -> T:
         try:
             return fn()
         except Exception as e:
-            if attempt == attempts or not _is_transient(e):
+            if attempt == attempts or not is_transient_s3_error(e):
                 raise
             delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random())
             log.warning(
@@ -242,7 +243,7 @@ def upload_file(
         raise ObjectNotFound(f"{local}: no such file to upload")
     size = local.stat().st_size
     if not is_s3_url(url):
-        _copy_local(local, Path(url))
+        write_atomic(url, lambda tmp: shutil.copyfile(local, tmp))
         return size
 
     from boto3.s3.transfer import TransferConfig, create_transfer_manager
@@ -299,18 +300,6 @@ def write_bytes(url: str | os.PathLike, data: bytes, *, client: Any = None) -> N
         )
     except Exception as e:
         raise _wrap(url, "write", e) from e
-
-
-def _copy_local(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def remove(url: str | os.PathLike, *, missing_ok: bool = True) -> None:
@@ -395,7 +384,7 @@ class _S3Stream(io.RawIOBase):
                 self.pos += n
                 return n
             except Exception as e:
-                if attempt == READ_ATTEMPTS or not _is_transient(e):
+                if attempt == READ_ATTEMPTS or not is_transient_s3_error(e):
                     raise StorageError(f"{self.url}: read failed at byte {self.pos}: {e}") from e
                 log.warning("%s: %s; reconnecting at byte %d", self.url, e, self.pos)
                 time.sleep(0.2 * attempt)

@@ -21,7 +21,6 @@ import hashlib
 import html
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from p2p import __version__
+from p2p.atomic import write_bytes_atomic
 from p2p.config import ExperimentConfig
 from p2p.errors import P2PError
 
@@ -194,9 +194,9 @@ def evaluate_checkpoint(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / SAMPLES_FILE, _grid_png(rows))
-    _atomic_write(out / METRICS_FILE, (json.dumps(metrics, indent=2) + "\n").encode())
-    _atomic_write(out / INDEX_FILE, _index_html(metrics, len(rows)).encode())
+    write_bytes_atomic(out / SAMPLES_FILE, _grid_png(rows))
+    write_bytes_atomic(out / METRICS_FILE, (json.dumps(metrics, indent=2) + "\n").encode())
+    write_bytes_atomic(out / INDEX_FILE, _index_html(metrics, len(rows)).encode())
     log.info(
         "evaluate: %d %s samples  l1 %.4f  psnr %.2f dB  ssim %.4f  -> %s",
         n,
@@ -241,15 +241,6 @@ def _check_shapes(fake: torch.Tensor, real: torch.Tensor, checkpoint: Path) -> N
             f"{checkpoint}: generator output {tuple(fake.shape)} does not match the targets "
             f"{tuple(real.shape)} (data.output_nc / crop size vs the checkpoint)"
         )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _grid_png(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> bytes:

@@ -1,4 +1,4 @@
-"""The only building blocks shared by the networks: normalisation layers and weight init.
+"""The building blocks shared by the networks: normalisation layers, weight init, UpConv.
 
 Both follow the reference implementation (junyanz/pytorch-CycleGAN-and-pix2pix, `networks.py`):
 batch norm is affine with running statistics, instance norm is neither, and "none" is an identity
@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -81,3 +83,42 @@ def init_weights(module: nn.Module, init_type: str = "normal", gain: float = 0.0
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
     return module
+
+
+# Largest input (H x W) for which UpConv computes on CPU with one GEMM + col2im (see below).
+UPCONV_GEMM_MAX_PIXELS = 64
+
+
+class UpConv(nn.ConvTranspose2d):
+    """`nn.ConvTranspose2d` (same parameters, init and state_dict keys) with a faster CPU path.
+
+    A transposed convolution is a GEMM followed by col2im: every input pixel's channel vector
+    times the weight, viewed as (C_in, C_out * k * k), gives the k x k patch it adds to the
+    output, and `F.fold` sums the overlapping patches. oneDNN's ConvTranspose2d on CPU is slow
+    on tiny inputs with many channels (the U-Net's 1024 -> 512 layers at 1-8 px: it reorders the
+    8M-element weight on every call), so inputs of at most `UPCONV_GEMM_MAX_PIXELS` pixels take
+    the GEMM path there; larger ones, GPUs and exports use the library kernel. The same linear
+    map either way: outputs agree to float rounding (tests/unit/test_models.py).
+    """
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if (
+            x.device.type != "cpu"
+            or h * w > UPCONV_GEMM_MAX_PIXELS
+            or output_size is not None
+            or self.groups != 1
+            or self.dilation != (1, 1)
+            or self.output_padding != (0, 0)
+            or x.dim() != 4
+            or torch.jit.is_scripting()
+            or torch.jit.is_tracing()  # ONNX export traces: keep the standard operator
+        ):
+            return super().forward(x, output_size)
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        n, c_in = x.shape[:2]
+        c_out = self.out_channels
+        cols = x.flatten(2).transpose(1, 2) @ self.weight.reshape(c_in, c_out * kh * kw)
+        out_hw = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
+        y = F.fold(cols.transpose(1, 2), out_hw, (kh, kw), padding=(ph, pw), stride=(sh, sw))
+        return y if self.bias is None else y + self.bias.view(1, c_out, 1, 1)

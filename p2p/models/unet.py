@@ -24,7 +24,7 @@ import itertools
 import torch
 import torch.nn as nn
 
-from p2p.models.layers import conv_bias, norm_layer
+from p2p.models.layers import UpConv, conv_bias, norm_layer
 
 
 class UnetSkipBlock(nn.Module):
@@ -70,13 +70,11 @@ class UnetSkipBlock(nn.Module):
         up_in = inner_nc if innermost else inner_nc * 2  # children return cat([skip, up])
         if outermost:
             # The last layer keeps its bias (no norm follows) and Tanh maps to the [-1, 1] range.
-            up_conv = nn.ConvTranspose2d(up_in, outer_nc, kernel_size=4, stride=2, padding=1)
+            up_conv = UpConv(up_in, outer_nc, kernel_size=4, stride=2, padding=1)
             down = [down_conv]
             up = [nn.ReLU(True), up_conv, nn.Tanh()]
         else:
-            up_conv = nn.ConvTranspose2d(
-                up_in, outer_nc, kernel_size=4, stride=2, padding=1, bias=bias
-            )
+            up_conv = UpConv(up_in, outer_nc, kernel_size=4, stride=2, padding=1, bias=bias)
             down = [nn.LeakyReLU(0.2, True), down_conv]
             if not innermost:
                 down.append(make_norm(inner_nc))  # no norm on the 1x1 bottleneck

@@ -22,9 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 
 from p2p import __version__
+from p2p.atomic import write_atomic, write_text_atomic
 from p2p.checkpoints import save_generator, unwrap  # unwrap: strips DDP .module / ._orig_mod
 from p2p.errors import P2PError
 
@@ -166,12 +165,12 @@ def save_state(
         "metrics": dict(metrics or {}),
         "log": [dict(r) for r in state.log],
     }
-    _atomic_torch_save(blob, directory / STATE_FILE)
+    write_atomic(directory / STATE_FILE, lambda tmp: torch.save(blob, tmp))
     save_generator(directory / GENERATOR_FILE, g, cfg, step=state.step, epoch=state.epoch)
-    _atomic_write_text(directory / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
-    _atomic_write_text(directory / LOG_FILE, log_to_csv(state.log))
+    write_text_atomic(directory / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
+    write_text_atomic(directory / LOG_FILE, log_to_csv(state.log))
     summary = {"step": int(state.step), "epoch": int(state.epoch), **dict(metrics or {})}
-    _atomic_write_text(directory / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(directory / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
     return directory
 
 
@@ -260,25 +259,3 @@ def _fmt(v: Any) -> str:
 
 def _state_dict_or_none(obj: Any) -> dict[str, Any] | None:
     return None if obj is None else obj.state_dict()
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

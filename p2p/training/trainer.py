@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 FAULT_ENV = "P2P_FAULT_STEP"  # test-only fault injection, see p2p.training.loop
 EXPORTED = ("generator.pt", "train_log.csv", "metrics.json")
+_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
 
 
@@ -149,7 +150,9 @@ def _fit_here(
     started = False
     if not ray.is_initialized():
         try:
-            if address:
+            if os.environ.get(_JOB_ENV):  # the driver of a Ray Job: the job's runtime_env holds
+                ray.init(address=address or "auto")  # `env` already; Ray refuses to merge both
+            elif address:
                 ray.init(address=address, runtime_env={"env_vars": env})
             else:
                 ray.init(

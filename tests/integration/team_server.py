@@ -4,9 +4,9 @@
 - an MLflow tracking server (sqlite backend, artifacts proxied to `s3://BUCKET/mlflow` on the
   given S3 endpoint, as `--artifacts-destination` does with MinIO in compose),
 - a Prefect server (`prefect server start`, its own PREFECT_HOME),
-- a Ray head (`ray start --head`) plus `ray_nodes - 1` worker nodes (`ray start --address`),
-  with Ray token authentication on and one shared token (what a multi-node Ray 2.60 cluster
-  needs),
+- a Ray head (`ray start --head`, with the dashboard: Jobs API and Ray Client server) plus
+  `ray_nodes - 1` worker nodes (`ray start --address`), with Ray token authentication on and one
+  shared token (what a multi-node Ray 2.60 cluster needs),
 and yields the environment a client uses to reach them: the same variable names as production
 (AWS_ENDPOINT_URL, MLFLOW_TRACKING_URI, PREFECT_API_URL, RAY_ADDRESS, P2P_DVC_REMOTE_URL, plus
 RAY_AUTH_MODE/RAY_AUTH_TOKEN). Every process runs in its own process group and is stopped by
@@ -52,7 +52,9 @@ class TeamServer:
     bucket: str = ""
     mlflow_uri: str = ""
     prefect_api_url: str = ""
-    ray_address: str = ""
+    ray_address: str = ""  # host:port of the GCS (driver mode, RAY_ADDRESS)
+    ray_jobs_url: str = ""  # http://host:port of the dashboard (Ray Jobs API)
+    ray_client_address: str = ""  # ray://host:port (Ray Client)
     ray_token: str = ""
     ray_nodes: int = 0
     logs: dict[str, Path] = field(default_factory=dict)
@@ -122,9 +124,11 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
-def _http_ok(url: str) -> bool:
+def _http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=3) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=3
+        ) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -239,6 +243,7 @@ def team_server(
             waits["prefect"] = f"{server.prefect_api_url}/health"
         if "ray" in services:
             _start_ray(server, procs, base_env, ray_tmp, ray_nodes, cpus_per_node, logs_dir)
+            waits["ray-dashboard"] = f"{server.ray_jobs_url}/api/version"
         _wait(server, procs, waits, ray_nodes if "ray" in services else 0)
         yield server
     finally:
@@ -262,13 +267,26 @@ def _start_ray(
         "HOME": str(server.workdir / "ray-home"),  # keep ~/.ray/auth_token out of the real home
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": token,
+        # Job entrypoints (`p2p train ...`) run in the head's environment: the venv's scripts
+        # must be on its PATH, as they are in the p2p images.
+        "PATH": f"{BIN}{os.pathsep}{base_env.get('PATH', '')}",
     }
     server.ray_token = token
     server.ray_nodes = nodes
     server.logs["ray-head"] = logs_dir / "ray-head.log"
+    dashboard_port, client_port = free_port(), free_port()
+    server.ray_jobs_url = f"http://127.0.0.1:{dashboard_port}"
+    server.ray_client_address = f"ray://127.0.0.1:{client_port}"
     argv = [str(BIN / "ray"), "start", "--head", "--port", str(free_port())]
-    argv += ["--include-dashboard", "false", *_ray_node_argv(ray_tmp, cpus)]
+    argv += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+    argv += ["--dashboard-port", str(dashboard_port), "--ray-client-server-port", str(client_port)]
+    # One temp dir per node, as on separate machines: nodes sharing one would delete each
+    # other's runtime_env files (a job's working_dir) when they clean up.
+    argv += _ray_node_argv(ray_tmp / "n0", cpus)
     procs.start("ray-head", argv, env, server.logs["ray-head"])
+    session_logs = ray_tmp / "n0" / "session_latest" / "logs"
+    server.logs["ray-client-server"] = session_logs / "ray_client_server.err"  # shown on failure
+    server.logs["ray-jobs"] = session_logs / "dashboard_JobHead.log"
     deadline = time.monotonic() + START_TIMEOUT_S
     address = None
     while address is None:
@@ -283,7 +301,8 @@ def _start_ray(
     for i in range(1, nodes):
         name = f"ray-worker{i}"
         server.logs[name] = logs_dir / f"{name}.log"
-        argv = [str(BIN / "ray"), "start", "--address", address, *_ray_node_argv(ray_tmp, cpus)]
+        argv = [str(BIN / "ray"), "start", "--address", address]
+        argv += _ray_node_argv(ray_tmp / f"n{i}", cpus)
         procs.start(name, argv, env, server.logs[name])
     server.env.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
 
@@ -302,6 +321,9 @@ def _wait(server: TeamServer, procs: ProcessGroups, urls: dict[str, str], ray_no
             if name == "ray":
                 out = probe_gcs(server.ray_address, 5.0, env=ray_env)
                 if out.get("nodes") == ray_nodes:
+                    del pending[name]
+            elif name == "ray-dashboard":  # token auth covers the dashboard's API too
+                if _http_ok(url, {"Authorization": f"Bearer {server.ray_token}"}):
                     del pending[name]
             elif _http_ok(url):
                 del pending[name]

@@ -11,6 +11,7 @@ import boto3
 import numpy as np
 import pytest
 import torch
+from data_fixtures import TINY
 from PIL import Image
 
 from p2p.checkpoints import load_generator, save_generator
@@ -21,14 +22,7 @@ from p2p.evaluation.metrics import l1, psnr, ssim
 from p2p.models import build_generator
 
 OVERRIDES = {
-    "data.load_size": 72,
-    "data.crop_size": 64,
-    "data.loader_workers": 0,
-    "model.num_downs": 6,
-    "model.base_channels": 8,
-    "model.disc_channels": 8,
-    "train.batch_size": 2,
-    "resources.num_workers": 1,
+    **TINY,
     "build.size": 72,
     "eval.batch_size": 2,  # 3 test samples: two batches, the last one short
     "eval.num_samples": 2,

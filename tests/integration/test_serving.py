@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from data_fixtures import TINY
 from PIL import Image
 from skimage import data as skdata
 
@@ -30,14 +31,7 @@ from p2p.models import build_generator
 
 NAME = "serve-test"
 OVERRIDES = {
-    "data.load_size": 72,
-    "data.crop_size": 64,
-    "data.loader_workers": 0,
-    "model.num_downs": 6,
-    "model.base_channels": 8,
-    "model.disc_channels": 8,
-    "train.batch_size": 2,
-    "resources.num_workers": 1,
+    **TINY,
     "build.size": 72,
     "build.num_pairs": 20,
     "eval.model_name": NAME,

@@ -13,6 +13,7 @@ registry show; and the retrain deployment lands on the Prefect server with its s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -75,10 +76,17 @@ def project(tmp_path: Path) -> Path:
 
 def run(team, cwd: Path, *argv: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """Run a command with the team server's environment; fail with its output and the logs."""
+    return run_env(team, team.env, cwd, *argv, timeout=timeout)
+
+
+def run_env(
+    team, env: dict[str, str], cwd: Path, *argv: str, timeout: int = 900
+) -> subprocess.CompletedProcess:
+    """`run` with `env` (team-server variables) on top of os.environ."""
     result = subprocess.run(
         list(argv),
         cwd=cwd,
-        env=team.client_env(),
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -201,3 +209,67 @@ def test_pipeline_on_the_team_server(team, project):
     with urllib.request.urlopen(request, timeout=30) as r:
         (deployment,) = json.loads(r.read())
     assert deployment["schedules"][0]["schedule"]["cron"] == "0 3 * * 1"
+
+
+def test_train_as_a_ray_job_then_resume_through_ray_client(team, project):
+    """`--address http://head:8265` submits `p2p train` as a Ray Job; `--address ray://...`
+    drives the cluster through Ray Client. The second run continues the first (same run name):
+    steps go on from where the job stopped, in the same MLflow run."""
+    b = team.bucket
+    tag = uuid.uuid4().hex[:6]
+    shards, experiment, run_name = f"s3://{b}/shards/{tag}", f"modes-{tag}", f"modes-{tag}"
+    sets = [
+        *TINY,
+        f"data.shards={shards}",
+        f"train.storage_path=s3://{b}/runs",
+        f"train.experiment={experiment}",
+        "train.epochs=1",
+    ]
+    opts = [x for s in sets for x in ("--set", s)]
+    p2p = str(BIN / "p2p")
+    run(team, project, p2p, "data", "prepare", *opts)
+    run(team, project, p2p, "data", "shard", "--out", shards, *opts)
+
+    # 1. Epoch 1 as a Ray Job: submitted over HTTP, logs tailed here, outputs fetched from S3.
+    env_no_gcs = {k: v for k, v in team.env.items() if k != "RAY_ADDRESS"}  # the flag decides
+
+    def train(address: str, *extra: str) -> subprocess.CompletedProcess:
+        argv = [p2p, "train", "--address", address, "--run-name", run_name, *opts, *extra]
+        return run_env(team, env_no_gcs, project, *argv)
+
+    job = train(team.ray_jobs_url)
+    assert f"submitted Ray job {run_name}-" in job.stdout, job.stdout
+    assert "epoch 1/1 done, step 6" in job.stdout  # the job's logs reach this console
+    first = json.loads((project / "models/train_metrics.json").read_text())
+    assert (first["step"], first["epoch"]) == (6, 1)
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    jobs = JobSubmissionClient(team.ray_jobs_url, headers=_ray_auth(team)).list_jobs()
+    (mine,) = [j for j in jobs if (j.submission_id or "").startswith(f"{run_name}-")]
+    assert mine.status == JobStatus.SUCCEEDED
+    assert mine.entrypoint.startswith("p2p train --params params.yaml --address auto")
+
+    # 2. Epoch 2 through Ray Client: the same run resumes from the job's checkpoint on S3.
+    client = train(team.ray_client_address, "--set", "train.epochs=2")  # the last --set wins
+    assert "starting at step 6" in client.stdout + client.stderr
+    second = json.loads((project / "models/train_metrics.json").read_text())
+    assert (second["step"], second["epoch"]) == (12, 2)
+    assert {
+        f"runs/{run_name}/epoch_0001/generator.pt",
+        f"runs/{run_name}/epoch_0002/generator.pt",
+    } <= set(s3_keys(b, f"runs/{run_name}/"))
+
+    from mlflow import MlflowClient
+
+    mlflow = MlflowClient(team.mlflow_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    (tracked,) = mlflow.search_runs([exp.experiment_id])  # one run across both modes
+    assert tracked.info.run_name == run_name
+    steps = [m.step for m in mlflow.get_metric_history(tracked.info.run_id, "train/loss_g_l1")]
+    assert steps == sorted(steps) and steps[-1] == 12 and min(steps) <= 6 < max(steps)
+
+
+def _ray_auth(team) -> dict[str, str]:
+    """The header a token-auth Ray dashboard wants (the CLI sends it from RAY_AUTH_TOKEN)."""
+    return {"Authorization": f"Bearer {team.ray_token}"}

@@ -186,3 +186,42 @@ def test_init_normal_statistics():
         assert not torch.equal(before, d.model[2].weight)
     with pytest.raises(ValueError, match="unknown init_type"):
         init_weights(d, "uniform", 0.02)
+
+
+@pytest.mark.parametrize(
+    ("size", "bias"), [(1, False), (3, True), (8, False), (9, True), (16, False)]
+)
+def test_upconv_is_conv_transpose_on_every_path(size, bias):
+    """UpConv's CPU GEMM + col2im path (inputs <= 64 px) and the library path (larger inputs)
+    compute nn.ConvTranspose2d's map: outputs and all gradients agree in float64."""
+    from p2p.models.layers import UPCONV_GEMM_MAX_PIXELS, UpConv
+
+    torch.manual_seed(size)
+    up = UpConv(12, 5, kernel_size=4, stride=2, padding=1, bias=bias).double()
+    ref = nn.ConvTranspose2d(12, 5, kernel_size=4, stride=2, padding=1, bias=bias).double()
+    assert list(up.state_dict()) == list(ref.state_dict())  # same keys: checkpoints unchanged
+    ref.load_state_dict(up.state_dict())
+    x = torch.randn(3, 12, size, size, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    y, y_ref = up(x), ref(x_ref)
+    assert y.shape == y_ref.shape == (3, 5, 2 * size, 2 * size)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    y_ref.backward(grad)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(up.weight.grad, ref.weight.grad, rtol=0, atol=1e-10)
+    if bias:
+        torch.testing.assert_close(up.bias.grad, ref.bias.grad, rtol=0, atol=1e-10)
+    assert (size * size <= UPCONV_GEMM_MAX_PIXELS) == (size <= 8)  # both paths are covered
+
+
+def test_unet_upconvs_are_upconv_and_trace_to_the_standard_operator():
+    from p2p.models.layers import UpConv
+
+    g = build_generator(ModelConfig(num_downs=6, base_channels=4), 3, 3).eval()
+    ups = [m for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(ups) == 6 and all(isinstance(m, UpConv) for m in ups)
+    traced = torch.jit.trace(g, torch.randn(1, 3, 64, 64))  # what ONNX export records
+    graph = str(traced.inlined_graph)
+    assert "aten::col2im" not in graph and "aten::_convolution" in graph

@@ -1,0 +1,55 @@
+"""Atomic replacement of files and directories: readers see the old content or the new one,
+never a half-written file, and a failed write leaves what was there untouched.
+
+Files: write to a temp name in the same directory, then `os.replace` (atomic on POSIX).
+Directories: build under a temp name, move the old one aside, rename the new one in, delete
+the old one last (`.NAME.old-PID-HEX`; p2p.data.pairs recovers it after a crash).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call `write(tmp_path)` on a temp file beside `path`, then rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def swap_dir_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished directory `tmp` onto `out`; an existing `out` is moved aside first
+    and deleted only after the new one is in place (put back if the rename fails)."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)  # put the previous content back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
