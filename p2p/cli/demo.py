@@ -156,6 +156,13 @@ def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
             f"  untrained G  : L1 {base['l1']:.4f}  PSNR {base['psnr']:.2f} dB  "
             f"SSIM {base['ssim']:.4f}  (PSNR gain {scores['psnr'] - base['psnr']:+.2f} dB)"
         )
+    identity = (base or {}).get("baseline_input")  # a property of the test set
+    if identity and "psnr" in scores:
+        print(
+            f"  input as out : L1 {identity['l1']:.4f}  PSNR {identity['psnr']:.2f} dB  "
+            f"SSIM {identity['ssim']:.4f}  (doing nothing; PSNR gain "
+            f"{scores['psnr'] - identity['psnr']:+.2f} dB)"
+        )
     print("  sample grid  : reports/samples.png   (input | output | target)")
     print("  results page : reports/index.html")
     uri = Settings.from_env().mlflow_tracking_uri

@@ -46,6 +46,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         f"{m['split']}: {m['n_samples']} samples  l1 {m['l1']:.4f}  psnr {m['psnr']:.2f} dB  "
         f"ssim {m['ssim']:.4f}"
     )
+    if base := m.get("baseline_input"):
+        print(
+            f"input as output (baseline): l1 {base['l1']:.4f}  psnr {base['psnr']:.2f} dB  "
+            f"ssim {base['ssim']:.4f}"
+        )
     for name, reason in m.get("unavailable", {}).items():
         print(f"{name}: unavailable ({reason})")
     print(f"wrote {out / 'metrics.json'}, {out / SAMPLES_FILE}, {out / INDEX_FILE}")

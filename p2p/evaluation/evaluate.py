@@ -137,6 +137,11 @@ def evaluate_checkpoint(
         epoch=0,
     )
     sums = {"l1": 0.0, "psnr": 0.0, "ssim": 0.0}
+    # "input as output": the score of doing nothing, when input and target have one shape
+    # (super-resolution, denoising, ...). A model should beat it, not just an untrained one.
+    identity: dict[str, float] | None = (
+        {"l1": 0.0, "psnr": 0.0, "ssim": 0.0} if cfg.data.input_nc == cfg.data.output_nc else None
+    )
     extra = OptionalMetrics(device)
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     n = 0
@@ -155,6 +160,9 @@ def evaluate_checkpoint(
                 sums["l1"] += float(l1(fake_b, real_b, reduction="none").sum())
                 sums["psnr"] += float(psnr(fake_b, real_b, reduction="none").sum())
                 sums["ssim"] += float(ssim(fake_b, real_b, reduction="none").sum())
+                if identity is not None:
+                    for k, fn in (("l1", l1), ("psnr", psnr), ("ssim", ssim)):
+                        identity[k] += float(fn(real_a, real_b, reduction="none").sum())
                 if fake_b.shape[1] == 3:  # LPIPS / Inception take RGB
                     extra.update(fake_b, real_b)
                 for i in range(real_a.shape[0]):
@@ -181,6 +189,7 @@ def evaluate_checkpoint(
         **{k: v / n for k, v in sums.items()},
         **scores,
         "unavailable": unavailable,
+        "baseline_input": None if identity is None else {k: v / n for k, v in identity.items()},
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "shards": str(shards),
@@ -267,6 +276,12 @@ def _index_html(m: dict[str, Any], n_rows: int) -> str:
     e = html.escape
     scores = [(k, m[k]) for k in ("l1", "psnr", "ssim", "lpips", "fid") if k in m]
     rows = "".join(f"<tr><th>{e(k)}</th><td>{v:.4f}</td></tr>" for k, v in scores)
+    base = m.get("baseline_input")
+    if base:
+        rows += "".join(
+            f"<tr><th>{e(k)}, input as output</th><td>{base[k]:.4f}</td></tr>"
+            for k in ("l1", "psnr", "ssim")
+        )
     rows += "".join(
         f"<tr><th>{e(k)}</th><td>unavailable: {e(str(r))}</td></tr>"
         for k, r in m.get("unavailable", {}).items()

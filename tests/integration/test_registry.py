@@ -126,6 +126,13 @@ def test_evaluate_writes_metrics_grid_and_page(tmp_path, shards):
     assert m["l1"] == pytest.approx(l1(fakes, reals), abs=1e-6)
     assert m["psnr"] == pytest.approx(psnr(fakes, reals), abs=1e-5)
     assert m["ssim"] == pytest.approx(ssim(fakes, reals), abs=1e-6)
+    # the "input as output" baseline (3 -> 3 channels): what doing nothing scores
+    inputs = torch.cat([a for a, _ in samples])
+    base = m["baseline_input"]
+    assert base["l1"] == pytest.approx(l1(inputs, reals), abs=1e-6)
+    assert base["psnr"] == pytest.approx(psnr(inputs, reals), abs=1e-5)
+    assert base["ssim"] == pytest.approx(ssim(inputs, reals), abs=1e-6)
+    assert base["psnr"] != pytest.approx(m["psnr"])
 
     grid = Image.open(out / "samples.png")
     # 2 rows (eval.num_samples) of input | output | target, 64 px tiles, 4 px gaps
@@ -136,6 +143,7 @@ def test_evaluate_writes_metrics_grid_and_page(tmp_path, shards):
     page = (out / "index.html").read_text()
     assert 'src="samples.png"' in page and f"{m['psnr']:.4f}" in page
     assert "unavailable" in page
+    assert f"psnr, input as output</th><td>{base['psnr']:.4f}" in page
 
 
 def test_evaluate_failure_keeps_previous_results(tmp_path, shards):
