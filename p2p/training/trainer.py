@@ -158,7 +158,11 @@ def _fit_here(
                 ray.init(
                     num_cpus=max(1, math.ceil(res.num_workers * res.cpus_per_worker)),
                     num_gpus=math.ceil(res.num_workers * res.gpus_per_worker) if res.use_gpu else 0,
-                    include_dashboard=False,
+                    # The dashboard serves Ray's State API. Ray Train's placement-group cleaner
+                    # polls it to see whether the run's controller is alive; with no dashboard
+                    # here it asks 127.0.0.1:8265, where another Ray may answer "no such actor",
+                    # and then tears down this run's workers.
+                    include_dashboard=True,
                     runtime_env={"env_vars": env},
                 )
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:

@@ -29,7 +29,7 @@ def cluster(s3_server):
     """Two Ray nodes with one CPU each: the two training workers land on different nodes."""
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     yield c
