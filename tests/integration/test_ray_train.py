@@ -28,8 +28,12 @@ BATCH = 4  # global: 2 per worker
 def cluster(s3_server):
     """Two Ray nodes with one CPU each: the two training workers land on different nodes."""
     from ray.cluster_utils import Cluster
+    from team_server import free_port
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": True})
+    # The dashboard serves the State API that Ray Train's placement-group cleaner polls; on a
+    # free port, since 8265 may belong to another Ray on this machine.
+    head = {"num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()}
+    c = Cluster(initialize_head=True, head_node_args=head)
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     yield c
