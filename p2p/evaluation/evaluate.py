@@ -136,12 +136,11 @@ def evaluate_checkpoint(
         seed=cfg.train.seed,
         epoch=0,
     )
-    sums = {"l1": 0.0, "psnr": 0.0, "ssim": 0.0}
+    scorers = {"l1": l1, "psnr": psnr, "ssim": ssim}
+    sums = dict.fromkeys(scorers, 0.0)
     # "input as output": the score of doing nothing, when input and target have one shape
     # (super-resolution, denoising, ...). A model should beat it, not just an untrained one.
-    identity: dict[str, float] | None = (
-        {"l1": 0.0, "psnr": 0.0, "ssim": 0.0} if cfg.data.input_nc == cfg.data.output_nc else None
-    )
+    identity = dict.fromkeys(scorers, 0.0) if cfg.data.input_nc == cfg.data.output_nc else None
     extra = OptionalMetrics(device)
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     n = 0
@@ -157,12 +156,10 @@ def evaluate_checkpoint(
                     break
                 fake_b = g(real_a)
                 _check_shapes(fake_b, real_b, checkpoint)
-                sums["l1"] += float(l1(fake_b, real_b, reduction="none").sum())
-                sums["psnr"] += float(psnr(fake_b, real_b, reduction="none").sum())
-                sums["ssim"] += float(ssim(fake_b, real_b, reduction="none").sum())
-                if identity is not None:
-                    for k, fn in (("l1", l1), ("psnr", psnr), ("ssim", ssim)):
-                        identity[k] += float(fn(real_a, real_b, reduction="none").sum())
+                for k, score in scorers.items():  # per-image scores, summed: exact means
+                    sums[k] += float(score(fake_b, real_b, reduction="none").sum())
+                    if identity is not None:
+                        identity[k] += float(score(real_a, real_b, reduction="none").sum())
                 if fake_b.shape[1] == 3:  # LPIPS / Inception take RGB
                     extra.update(fake_b, real_b)
                 for i in range(real_a.shape[0]):
