@@ -1,7 +1,8 @@
 """Atomic replacement of files and directories: readers see the old content or the new one,
 never a half-written file, and a failed write leaves what was there untouched.
 
-Files: write to a temp name in the same directory, then `os.replace` (atomic on POSIX).
+Files: write to a temp name in the same directory, fsync it, then `os.replace` (atomic on POSIX;
+the fsync keeps a crash right after the rename from leaving an empty file).
 Directories: build under a temp name, move the old one aside, rename the new one in, delete
 the old one last (`.NAME.old-PID-HEX`; p2p.data.pairs recovers it after a crash).
 """
@@ -17,13 +18,19 @@ from pathlib import Path
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> None:
-    """Call `write(tmp_path)` on a temp file beside `path`, then rename it onto `path`."""
+    """Call `write(tmp_path)` on a temp file beside `path`, fsync it, rename it onto `path`.
+    If `write` raises, the temp file is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -16,7 +16,6 @@ strictly: every tensor must find its place and every place must be filled.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from p2p import __version__
+from p2p.atomic import write_atomic
 from p2p.config import ConfigError, ExperimentConfig
 from p2p.errors import P2PError
 
@@ -84,16 +84,13 @@ def save_generator(
         "generator": state,
         "extra": extra,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    # readers see the old file or the new one, never half of one
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)  # readers see the old file or the new one, never half of one
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    write_atomic(path, write)
     return path
 
 

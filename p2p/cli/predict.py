@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from p2p.atomic import write_atomic
+
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -136,13 +138,7 @@ def _load_model(args: argparse.Namespace, device: str):
 
 def _save(img, dst: Path) -> None:
     """Write atomically; the format follows the extension."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        img.save(tmp, format=_format_of(dst))
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(dst, lambda tmp: img.save(tmp, format=_format_of(dst)))
 
 
 def _format_of(dst: Path) -> str:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from p2p.atomic import write_atomic
+from p2p.atomic import write_atomic, write_bytes_atomic
 from p2p.errors import P2PError
 
 log = logging.getLogger(__name__)
@@ -277,18 +277,7 @@ def upload_file(
 def write_bytes(url: str | os.PathLike, data: bytes, *, client: Any = None) -> None:
     """Write `data` to a local path (temp file + rename) or an S3 object (one atomic PUT)."""
     if not is_s3_url(url):
-        path = Path(url)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(url, data)
         return
     bucket, key = split_s3_url(url)
     client = client or s3_client()

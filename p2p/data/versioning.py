@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from p2p.atomic import write_text_atomic
 from p2p.errors import DataError, P2PError
 
 log = logging.getLogger(__name__)
@@ -371,11 +372,7 @@ def _record(dvc_file: Path, version: DataVersion) -> None:
     out.update(hash="md5", path=target)
     doc = dict(current or {})
     doc["outs"] = [out]
-    dvc_file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dvc_file.parent, prefix=f".{dvc_file.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(doc, f, sort_keys=False)
-    os.replace(tmp, dvc_file)
+    write_text_atomic(dvc_file, yaml.safe_dump(doc, sort_keys=False))
     log.info("%s now records %s", dvc_file, version.md5)
 
 

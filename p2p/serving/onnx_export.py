@@ -8,14 +8,13 @@ BN running statistics): the deterministic generator a deployment serves.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from p2p.atomic import write_atomic
 from p2p.errors import P2PError
 
 OPSET = 17
@@ -35,12 +34,10 @@ def export_onnx(g: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
     except ImportError:
         raise P2PError("ONNX export needs the 'onnx' package (see requirements.lock)") from None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     was_training = g.training
     g.eval()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def export(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript exporter deprecation notices
             torch.onnx.export(
@@ -56,11 +53,11 @@ def export_onnx(g: nn.Module, path: str | Path, example: torch.Tensor) -> Path:
                     OUTPUT_NAME: {0: "batch", 2: "height", 3: "width"},
                 },
             )
-        os.replace(tmp, path)
+
+    try:
+        write_atomic(path, export)
     finally:
         g.train(was_training)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2p.atomic import write_atomic, write_text_atomic
 from p2p.config import ExperimentConfig, to_yaml
 from p2p.errors import DataError, P2PError
 from p2p.settings import Settings
@@ -312,16 +313,16 @@ def export_outputs(
     for name in EXPORTED:
         src = f"{path}/{name}"
         dst = out_dir / ("checkpoint_metrics.json" if name == "metrics.json" else name)
-        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-        try:
+
+        def copy(tmp: str, src: str = src) -> None:
             with fs.open_input_stream(src) as fin, open(tmp, "wb") as fout:
                 while chunk := fin.read(1 << 22):
                     fout.write(chunk)
-            os.replace(tmp, dst)
+
+        try:
+            write_atomic(dst, copy)
         except FileNotFoundError:
             raise P2PError(f"{checkpoint_uri}: checkpoint has no {name}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
     ckpt_metrics_path = out_dir / "checkpoint_metrics.json"
     metrics = json.loads(ckpt_metrics_path.read_text())
     ckpt_metrics_path.unlink()
@@ -330,9 +331,7 @@ def export_outputs(
         "run": {"name": run_name, "mlflow_run_id": mlflow_run_id, "checkpoint": checkpoint_uri},
     }
     metrics_path = out_dir / "train_metrics.json"
-    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, metrics_path)
+    write_text_atomic(metrics_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return TrainResult(
         run_name=run_name,
         generator_path=out_dir / "generator.pt",
