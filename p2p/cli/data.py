@@ -90,7 +90,7 @@ def _done(report, t0: float) -> int:
 
 
 def import_cmd(args: argparse.Namespace) -> int:
-    from p2p.data.pairs import import_pairs
+    from p2p.data.importer import import_pairs
 
     t0 = time.perf_counter()
     cfg = _cfg(args, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
@@ -142,7 +142,7 @@ def demo_cmd(args: argparse.Namespace) -> int:
 
 
 def validate_cmd(args: argparse.Namespace) -> int:
-    from p2p.data.pairs import validate_dataset
+    from p2p.data.validate import validate_dataset
 
     t0 = time.perf_counter()
     cfg = _cfg(args)

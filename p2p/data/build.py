@@ -12,7 +12,7 @@ each with a random scale and position from `random.Random(build.seed)` (side bet
 the whole short side is taken and upscaled). Splits follow `build.val_fraction` /
 `build.test_fraction`; with enough photos whole photos are assigned to splits, so val/test tiles
 never overlap train tiles; with too few photos the tiles themselves are split (reported).
-Everything is written through `pairs.DatasetWriter`, so the output is validated and swapped into
+Everything is written through `writer.DatasetWriter`, so the output is swapped into
 place atomically, and is byte-identical for the same photos and params.
 """
 
@@ -32,19 +32,11 @@ from PIL import Image
 
 from p2p.config import BuildConfig, DataConfig
 from p2p.data.images import encode_png, is_image_file, open_image
-from p2p.data.pairs import (
-    SPLITS,
-    DatasetWriter,
-    ImportReport,
-    InvalidDataset,
-    Problem,
-    default_workers,
-    map_ordered,
-    sanitize_key,
-    side_channels,
-    split_counts,
-    walk_files,
-)
+from p2p.data.importer import default_workers, map_ordered
+from p2p.data.manifest import SPLITS, sanitize_key, side_channels, split_counts
+from p2p.data.reports import ImportReport, InvalidDataset, Problem
+from p2p.data.sources import walk_files
+from p2p.data.writer import DatasetWriter
 from p2p.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -243,7 +235,7 @@ def build_pairs(
         name: manifest name (default: the name of `out`).
         source, photo_names: how report.json names the source and each photo (stable labels
             keep the output byte-identical across machines).
-        workers: threads cutting and encoding tiles (default: `pairs.default_workers()`).
+        workers: threads cutting and encoding tiles (default: `importer.default_workers()`).
 
     Returns:
         An ImportReport.

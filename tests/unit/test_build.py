@@ -12,7 +12,8 @@ from PIL import Image
 from p2p.cli import main
 from p2p.config import BuildConfig, DataConfig
 from p2p.data.build import build_demo, build_pairs, demo_photos, edge_map, low_res
-from p2p.data.pairs import InvalidDataset, load_manifest
+from p2p.data.manifest import load_manifest
+from p2p.data.reports import InvalidDataset
 from p2p.errors import DataError
 
 DATA = DataConfig(load_size=32, crop_size=32)
@@ -158,7 +159,7 @@ def test_build_demo_is_byte_deterministic(tmp_path):
     assert ha == hb and len(ha) == 2 + 2 * 12
     assert rep.counts == {"train": 10, "val": 1, "test": 1}
     text = (tmp_path / "a" / "demo" / "report.json").read_text()
-    text += (tmp_path / "a" / "demo" / "manifest.json").read_text()
+    text += (tmp_path / "a" / "demo" / "manifest.jsonl").read_text()
     assert str(tmp_path) not in text and "site-packages" not in text  # machine-independent
     assert '"skimage/data/astronaut.png"' in text
 
