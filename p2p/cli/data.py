@@ -101,8 +101,8 @@ def import_cmd(args: argparse.Namespace) -> int:
         on_error=args.on_error or cfg.data.on_error,
         data=cfg.data,
         name=args.name,
-        val_fraction=cfg.build.val_fraction if args.val_fraction is not None else 0.0,
-        test_fraction=cfg.build.test_fraction if args.test_fraction is not None else 0.0,
+        val_fraction=cfg.build.val_fraction,  # the flags, else build.* (as the help says)
+        test_fraction=cfg.build.test_fraction,
         seed=cfg.build.seed,
         check_aspect=not args.allow_mixed_shapes,
     )
