@@ -51,13 +51,18 @@ def sanitize_key(stem: str) -> str:
     return KEY_BAD.sub("_", stem) or "_"
 
 
+def split_draw(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by (seed, key) alone: the first 8 bytes of sha256("seed:key")."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def split_of(key: str, val_fraction: float, test_fraction: float, seed: int) -> str:
-    """The split of one key: a uniform number from sha256(seed:key) against the fractions.
+    """The split of one key: test if its draw is below test_fraction, then val, else train.
 
     Depends on nothing but the key, fractions and seed (never on the other keys).
     """
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    u = split_draw(key, seed)
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:
