@@ -147,7 +147,13 @@ def validate_cmd(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg = _cfg(args)
     report = validate_dataset(
-        args.dir, data=cfg.data, fmt=args.fmt, check_aspect=not args.allow_mixed_shapes
+        args.dir,
+        data=cfg.data,
+        fmt=args.fmt,
+        check_aspect=not args.allow_mixed_shapes,
+        val_fraction=cfg.build.val_fraction,  # a source without split folders: as import splits
+        test_fraction=cfg.build.test_fraction,
+        seed=cfg.build.seed,
     )
     counts = ", ".join(f"{s} {n}" for s, n in report.counts.items())
     print(f"{report.path} ({report.kind}): {counts} valid pairs")
