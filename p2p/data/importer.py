@@ -24,7 +24,7 @@ from p2p.config import DataConfig
 from p2p.data.images import encode_png, open_image, to_channels
 from p2p.data.manifest import side_channels
 from p2p.data.reports import ImportReport, InvalidDataset, Problem, reason
-from p2p.data.sources import Candidate, Scan, scan
+from p2p.data.sources import Candidate, Scan, aspect_outliers, scan
 from p2p.data.writer import DatasetWriter
 from p2p.errors import DataError
 
@@ -92,14 +92,22 @@ def import_pairs(
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be fail or skip, got {on_error!r}")
     _check_not_nested(src, out)
-    found = scan(src, fmt, (val_fraction, test_fraction, seed), check_aspect)
+    found = scan(src, fmt, (val_fraction, test_fraction, seed))
     log.info("%s: %d candidate pairs (%s layout)", src, len(found.candidates), fmt)
     good: collections.Counter[str] = collections.Counter()
+    a_sizes: dict[Path, tuple[int, int]] = {}  # aligned file -> size of its A half
     with DatasetWriter(out, name or out.name) as writer:
         for c, pair in decode_pairs(found, data, encode=True, workers=workers):
             good[c.split] += 1
+            a_sizes[c.a_file] = pair[2]
             if on_error == "skip" or not found.problems:
                 writer.add_png(c.key, c.split, *pair)  # "fail": stop writing at the 1st problem
+        if fmt == "aligned" and check_aspect:  # needs every file's shape: after the decode pass
+            outliers = aspect_outliers(found, a_sizes)
+            for c in found.candidates:
+                if c.a_file in outliers:
+                    good[c.split] -= 1
+                    writer.discard(c.key, c.split)
         empty_splits(found, good)
         found.problems.sort(key=lambda p: p.file)
         if found.problems and (on_error == "fail" or not good["train"]):

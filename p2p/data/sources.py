@@ -25,8 +25,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from p2p.data.images import is_image_file
 from p2p.data.manifest import SPLITS, sanitize_key, split_of
 from p2p.data.reports import Problem
@@ -65,19 +63,16 @@ class Scan:
 Fractions = tuple[float, float, int]  # val_fraction, test_fraction, seed
 
 
-def scan(src: Path, fmt: str, fractions: Fractions, check_aspect: bool) -> Scan:
-    """Candidate pairs of `src` in layout `fmt`, with the problems found without decoding."""
+def scan(src: Path, fmt: str, fractions: Fractions) -> Scan:
+    """Candidate pairs of `src` in layout `fmt`, with the problems found without opening files
+    (the aspect check of aligned files, `aspect_outliers`, runs on the decoded sizes)."""
     if not src.is_dir():
         raise DataError(f"{src}: source folder not found")
     if fmt == "aligned":
-        result = _scan_aligned(src, fractions)
-        if check_aspect:
-            _aspect_outliers(result)
-    elif fmt == "folders":
-        result = _scan_folders(src, fractions)
-    else:
-        raise ValueError(f"unknown source format {fmt!r} (aligned | folders)")
-    return result
+        return _scan_aligned(src, fractions)
+    if fmt == "folders":
+        return _scan_folders(src, fractions)
+    raise ValueError(f"unknown source format {fmt!r} (aligned | folders)")
 
 
 def walk_files(d: Path) -> Iterator[Path]:
@@ -192,36 +187,29 @@ def _scan_folders(src: Path, fractions: Fractions) -> Scan:
     return result
 
 
-def _aspect_outliers(scan: Scan) -> None:
-    """Aligned: flag files whose half shape differs from the dataset's usual half shape.
+def aspect_outliers(found: Scan, a_sizes: dict[Path, tuple[int, int]]) -> set[Path]:
+    """Aligned: files whose half shape differs from the dataset's usual half shape.
 
     A|B files of one dataset share a shape (facades 512x256, maps 1200x600); a file whose
-    halves have another aspect ratio was not made by putting A and B side by side.
+    halves have another aspect ratio was not made by putting A and B side by side. `a_sizes`
+    maps each decoded aligned file to the size of its A half; each outlier is also recorded
+    as a problem of `found`.
     """
-    ratios = {}
-    for c in scan.candidates:
-        try:
-            with Image.open(c.a_file) as im:  # header only: cheap
-                w, h = im.size
-        except Exception:  # noqa: BLE001 - unreadable files are reported by the decode pass
-            continue
-        if w % 2 == 0 and h > 0:
-            ratios[c.a_file] = (w / 2) / h
+    ratios = {f: w / h for f, (w, h) in a_sizes.items() if h > 0}
     if len(ratios) < 3:
-        return
+        return set()
     common, n = collections.Counter(round(r, 2) for r in ratios.values()).most_common(1)[0]
     if n * 2 <= len(ratios):  # no clear majority: mixed shapes are this dataset's normal
-        return
-    keep = []
-    for c in scan.candidates:
-        r = ratios.get(c.a_file)
-        if r is not None and abs(r - common) > _ASPECT_TOL * common:
-            scan.bad(
-                c.a_file,
+        return set()
+    out = set()
+    for f in sorted(ratios):
+        r = ratios[f]
+        if abs(r - common) > _ASPECT_TOL * common:
+            found.bad(
+                f,
                 f"halves have aspect ratio {r:.2f} (w/2 : h) but {n} of {len(ratios)} files in "
                 f"this dataset have {common:.2f}: not an A|B side-by-side pair "
                 "(pass --allow-mixed-shapes if that is intended)",
             )
-        else:
-            keep.append(c)
-    scan.candidates = keep
+            out.add(f)
+    return out

@@ -20,7 +20,7 @@ from p2p.data.images import open_image
 from p2p.data.importer import decode_pairs, default_workers, empty_splits, map_ordered
 from p2p.data.manifest import SPLITS, Pair, is_dataset, load_manifest, manifest_path, side_channels
 from p2p.data.reports import Problem, ValidationReport, reason
-from p2p.data.sources import Scan, scan, walk_files
+from p2p.data.sources import Scan, aspect_outliers, scan, walk_files
 from p2p.errors import DataError
 
 
@@ -54,8 +54,11 @@ def validate_dataset(
         return _validate_canonical(path, data, check_hashes, workers or default_workers())
     if fmt is None:
         fmt = "folders" if (path / "A").is_dir() and (path / "B").is_dir() else "aligned"
-    found = scan(path, fmt, (val_fraction, test_fraction, seed), check_aspect)
-    checked = decode_pairs(found, data, workers=workers or default_workers())
+    found = scan(path, fmt, (val_fraction, test_fraction, seed))
+    checked = list(decode_pairs(found, data, workers=workers or default_workers()))
+    if fmt == "aligned" and check_aspect:
+        outliers = aspect_outliers(found, {c.a_file: a.size for c, (a, _) in checked})
+        checked = [(c, pair) for c, pair in checked if c.a_file not in outliers]
     counts = collections.Counter(c.split for c, _ in checked)
     empty_splits(found, counts)
     found.problems.sort(key=lambda p: p.file)

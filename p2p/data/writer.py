@@ -102,6 +102,15 @@ class DatasetWriter:
         size = (int(a_size[0]), int(a_size[1]))
         self._pairs[(split, key)] = Pair(self.tmp, key, split, size, *hashes)
 
+    def discard(self, key: str, split: str) -> None:
+        """Remove a pair added earlier (no-op if it was not added)."""
+        if self._pairs.pop((split, key), None) is None:
+            return
+        for side in ("A", "B"):
+            f = self.tmp / side / split / f"{key}.png"
+            self.bytes -= f.stat().st_size
+            f.unlink()
+
     @property
     def counts(self) -> dict[str, int]:
         return count_splits(self._pairs.values())

@@ -112,11 +112,20 @@ def test_import_decodes_each_image_once(tmp_path, monkeypatch):
         return real(data, name)
 
     monkeypatch.setattr(images, "_decode", counting)
+    file_opens = []  # PIL opening a file by path (a header pass) instead of decoded bytes
+    real_open = Image.open
+
+    def open_(fp, *a, **kw):
+        if not isinstance(fp, io.BytesIO):
+            file_opens.append(fp)
+        return real_open(fp, *a, **kw)
+
+    monkeypatch.setattr(Image, "open", open_)
     import_pairs(src, tmp_path / "ds", fmt="folders", data=DATA)
     assert len(calls) == 12  # 6 A + 6 B source files, nothing decoded again
     calls.clear()
     import_pairs(tmp_path / "al", tmp_path / "ds2", fmt="aligned", data=DATA)
-    assert len(calls) == 5
+    assert len(calls) == 5 and file_opens == []
 
 
 def test_import_applies_exif_orientation(tmp_path):
