@@ -94,6 +94,7 @@ def _keyed(scan: Scan, files: Iterable[Path], base: Path, split: str) -> dict[st
             continue
         key = sanitize_key(f.relative_to(base).with_suffix("").as_posix())
         groups[key.lower()].append((key, f))
+    where = f" in split {split}" if split in SPLITS else ""
     out = {}
     for members in groups.values():
         if len(members) == 1:
@@ -103,11 +104,11 @@ def _keyed(scan: Scan, files: Iterable[Path], base: Path, split: str) -> dict[st
         for key, f in members:
             others = ", ".join(g.relative_to(base).as_posix() for _, g in members if g != f)
             if all(k == key for k, _ in members):
-                scan.bad(f, f"duplicate key {key!r} in split {split} (also {others})")
+                scan.bad(f, f"duplicate key {key!r}{where} (also {others})")
             else:
                 scan.bad(
                     f,
-                    f"key {key!r} differs only by case from {others} in split {split} "
+                    f"key {key!r} differs only by case from {others}{where} "
                     "(they collide on case-insensitive filesystems): rename one",
                 )
     return out
