@@ -122,7 +122,9 @@ def _train_consumption(steps: int | None) -> float | None:
 
 
 def _raw_dataset(src: str, tmp: Path, cfg) -> Path:
-    if (Path(src) / "manifest.json").is_file():
+    from p2p.data.manifest import is_dataset
+
+    if is_dataset(src):
         return Path(src)
     from p2p.data.build import build_demo
 
@@ -209,7 +211,7 @@ def _time_raw(raw: Path, data, args: argparse.Namespace, workers: int) -> tuple[
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    from p2p.data.pairs import PairedImageDataset
+    from p2p.bench.raw_dataset import PairedImageDataset
 
     ds = PairedImageDataset(raw, "train", data, train=True, seed=0)
     n = max(2, args.samples // args.batch_size) * args.batch_size

@@ -12,6 +12,12 @@ def _loader():
     return loader
 
 
+def _import():
+    from p2p.bench import importer
+
+    return importer
+
+
 def _train():
     from p2p.bench import train
 
@@ -21,6 +27,7 @@ def _train():
 BENCHES = {
     "loader": ("samples/s of the data loader: local shards, S3 shards, raw folder", _loader),
     "train": ("images/s and peak memory of the training step", _train),
+    "import": ("seconds to import generated pairs beside a plain PIL decode+encode", _import),
 }
 
 

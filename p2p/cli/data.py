@@ -90,7 +90,7 @@ def _done(report, t0: float) -> int:
 
 
 def import_cmd(args: argparse.Namespace) -> int:
-    from p2p.data.pairs import import_pairs
+    from p2p.data.importer import import_pairs
 
     t0 = time.perf_counter()
     cfg = _cfg(args, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
@@ -101,8 +101,8 @@ def import_cmd(args: argparse.Namespace) -> int:
         on_error=args.on_error or cfg.data.on_error,
         data=cfg.data,
         name=args.name,
-        val_fraction=cfg.build.val_fraction if args.val_fraction is not None else 0.0,
-        test_fraction=cfg.build.test_fraction if args.test_fraction is not None else 0.0,
+        val_fraction=cfg.build.val_fraction,  # the flags, else build.* (as the help says)
+        test_fraction=cfg.build.test_fraction,
         seed=cfg.build.seed,
         check_aspect=not args.allow_mixed_shapes,
     )
@@ -142,12 +142,18 @@ def demo_cmd(args: argparse.Namespace) -> int:
 
 
 def validate_cmd(args: argparse.Namespace) -> int:
-    from p2p.data.pairs import validate_dataset
+    from p2p.data.validate import validate_dataset
 
     t0 = time.perf_counter()
     cfg = _cfg(args)
     report = validate_dataset(
-        args.dir, data=cfg.data, fmt=args.fmt, check_aspect=not args.allow_mixed_shapes
+        args.dir,
+        data=cfg.data,
+        fmt=args.fmt,
+        check_aspect=not args.allow_mixed_shapes,
+        val_fraction=cfg.build.val_fraction,  # a source without split folders: as import splits
+        test_fraction=cfg.build.test_fraction,
+        seed=cfg.build.seed,
     )
     counts = ", ".join(f"{s} {n}" for s, n in report.counts.items())
     print(f"{report.path} ({report.kind}): {counts} valid pairs")

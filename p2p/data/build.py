@@ -9,10 +9,12 @@ A task turns a square photo tile B into its input A (numpy + PIL only):
 Tiles: `build.num_pairs` square crops of `build.size` pixels, spread round-robin over the photos,
 each with a random scale and position from `random.Random(build.seed)` (side between ~30% and
 100% of the photo's short side, never below `size` unless the photo is smaller, in which case
-the whole short side is taken and upscaled). Splits follow `build.val_fraction` /
-`build.test_fraction`; with enough photos whole photos are assigned to splits, so val/test tiles
-never overlap train tiles; with too few photos the tiles themselves are split (reported).
-Everything is written through `pairs.DatasetWriter`, so the output is validated and swapped into
+the whole short side is taken and upscaled). Whole photos are assigned to splits by a hash of
+their key (`manifest.split_of`: adding or removing photos never moves another photo's tiles), so
+val/test tiles never overlap train tiles; the number of tiles per split follows
+`build.val_fraction` / `build.test_fraction`. A split no photo drew borrows one train photo, and
+with too few photos the tiles themselves are split (both reported).
+Everything is written through `writer.DatasetWriter`, so the output is swapped into
 place atomically, and is byte-identical for the same photos and params.
 """
 
@@ -32,19 +34,18 @@ from PIL import Image
 
 from p2p.config import BuildConfig, DataConfig
 from p2p.data.images import encode_png, is_image_file, open_image
-from p2p.data.pairs import (
+from p2p.data.importer import default_workers, map_ordered
+from p2p.data.manifest import (
     SPLITS,
-    DatasetWriter,
-    ImportReport,
-    InvalidDataset,
-    Problem,
-    default_workers,
-    map_ordered,
     sanitize_key,
     side_channels,
     split_counts,
-    walk_files,
+    split_draw,
+    split_of,
 )
+from p2p.data.reports import ImportReport, InvalidDataset, Problem
+from p2p.data.sources import walk_files
+from p2p.data.writer import DatasetWriter
 from p2p.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class _Photo:
     path: Path
     name: str  # how reports name it
     size: tuple[int, int]  # after EXIF orientation
+    key: str  # fixes the photo's split (`split_of`) and prefixes its tiles' keys
 
 
 @dataclass(frozen=True)
@@ -157,29 +159,37 @@ def _crop_box(rng: random.Random, w: int, h: int, size: int) -> tuple[int, int, 
 def _plan(
     photos: list[_Photo], build: BuildConfig
 ) -> tuple[list[_Tile], list[str], dict[int, str]]:
-    """Which tiles to cut (deterministic for the seed), warnings, photo -> split ("" = mixed)."""
+    """Which tiles to cut (deterministic for the seed), warnings, photo -> split ("" = mixed).
+
+    Each photo goes to `split_of(photo key)`, so adding or removing photos never moves another
+    photo (or its tiles, keyed "<photo key>_<n>") to another split. Tile counts per split follow
+    `split_counts(build.num_pairs, ...)`, spread round-robin over that split's photos.
+    """
     rng = random.Random(build.seed)
     n = split_counts(build.num_pairs, build.val_fraction, build.test_fraction)
     wanted = [(s, k) for s, k in zip(SPLITS, n, strict=True) if k > 0]
-    order = list(range(len(photos)))
-    rng.shuffle(order)
+    fractions = (build.val_fraction, build.test_fraction, build.seed)
+    photo_split = {i: split_of(p.key, *fractions) for i, p in enumerate(photos)}
     warnings = []
-    # Photos per split in proportion to the fractions, >= 1 for each split that has tiles.
-    n_photos = split_counts(len(photos), build.val_fraction, build.test_fraction)
-    per_split = dict(zip(SPLITS, n_photos, strict=True))
-    for s in ("val", "test"):  # a split without tiles gives its photos to train
-        if s not in dict(wanted):
-            per_split["train"] += per_split[s]
-            per_split[s] = 0
-    if all(per_split[s] > 0 for s, _ in wanted):
-        groups, start = {}, 0
-        for s in ("test", "val", "train"):
-            groups[s] = order[start : start + per_split[s]]
-            start += per_split[s]
-        photo_split = {i: s for s, idx in groups.items() for i in idx}
-    else:  # too few photos: split the tiles, all photos feed all splits
-        groups = {s: order for s in SPLITS}
-        photo_split = {i: "" for i in order}
+    # A wanted split no photo drew borrows one photo (lowest draw) from the split with the most
+    # photos, if that has two or more. Only this rescue depends on the other photos (reported).
+    for s, _ in wanted:
+        if s in photo_split.values():
+            continue
+        by_split = collections.defaultdict(list)
+        for i, t in photo_split.items():
+            by_split[t].append(i)
+        donor = max(SPLITS, key=lambda t: (len(by_split[t]), t == "train"))
+        if len(by_split[donor]) > 1:
+            i = min(by_split[donor], key=lambda i: split_draw(photos[i].key, build.seed))
+            photo_split[i] = s
+            warnings.append(
+                f"no photo drew the {s} split: {photos[i].name} moved there from {donor} "
+                "(add photos for stable splits)"
+            )
+    groups = {s: [i for i, t in sorted(photo_split.items()) if t == s] for s in SPLITS}
+    if not all(groups[s] for s, _ in wanted):  # too few photos: split the tiles instead
+        photo_split = {i: "" for i in photo_split}
         if len(wanted) > 1:
             warnings.append(
                 f"only {len(photos)} photo(s): val/test tiles are cut from the same photos as "
@@ -187,11 +197,11 @@ def _plan(
             )
     tiles = []
     for s, k in wanted:
-        idx = sorted(groups[s])
+        idx = groups[s] if photo_split and all(photo_split.values()) else sorted(photo_split)
         for j in range(k):  # round-robin over this split's photos
             i = idx[j % len(idx)]
             w, h = photos[i].size
-            key = f"{sanitize_key(Path(photos[i].name).stem)}_{len(tiles):05d}"
+            key = f"{photos[i].key}_{j // len(idx):04d}" + ("" if photo_split[i] else f"_{s}")
             tiles.append(_Tile(i, s, _crop_box(rng, w, h, build.size), key))
     return tiles, warnings, photo_split
 
@@ -201,8 +211,11 @@ def _plan(
 
 def _collect(
     src: str | Path | Sequence[str | Path], names: dict[Path, str] | None
-) -> tuple[list[tuple[Path, str]], list[Problem]]:
-    """(path, display name) of each image file; non-image files in a folder are problems."""
+) -> tuple[list[tuple[Path, str, str]], list[Problem]]:
+    """(path, display name, key) of each image file; non-image files in a folder are problems.
+
+    The key (the path below the folder, or the label, without extension) fixes the split.
+    """
     if isinstance(src, (str, Path)):
         root = Path(src)
         if not root.is_dir():
@@ -211,11 +224,16 @@ def _collect(
         for f in walk_files(root):
             shown = str(root / f.relative_to(root))
             if is_image_file(f):
-                files.append((f, shown))
+                key = sanitize_key(f.relative_to(root).with_suffix("").as_posix())
+                files.append((f, shown, key))
             else:
                 problems.append(Problem(shown, f"not an image file (extension {f.suffix!r})"))
         return files, problems
-    return [(Path(f), (names or {}).get(Path(f), str(f))) for f in src], []
+    files = []
+    for f in src:
+        shown = (names or {}).get(Path(f), str(f))
+        files.append((Path(f), shown, sanitize_key(str(Path(shown).with_suffix("")))))
+    return files, []
 
 
 def build_pairs(
@@ -243,7 +261,7 @@ def build_pairs(
         name: manifest name (default: the name of `out`).
         source, photo_names: how report.json names the source and each photo (stable labels
             keep the output byte-identical across machines).
-        workers: threads cutting and encoding tiles (default: `pairs.default_workers()`).
+        workers: threads cutting and encoding tiles (default: `importer.default_workers()`).
 
     Returns:
         An ImportReport.
@@ -261,7 +279,7 @@ def build_pairs(
     # 1) Check every photo (decode fully) and record its size.
     files, problems = _collect(photos, photo_names)
     good: list[_Photo] = []
-    for path, shown in files:
+    for path, shown, key in files:
         try:
             img = open_image(path, name=shown, channels=3, exif_transpose=True)
         except DataError as e:
@@ -270,7 +288,7 @@ def build_pairs(
         if build.task == "colorize" and _is_gray(img):
             problems.append(Problem(shown, "grayscale photo: colorize needs colour photos"))
             continue
-        good.append(_Photo(path, shown, img.size))
+        good.append(_Photo(path, shown, img.size, key))
     problems.sort(key=lambda p: p.file)
     if problems and on_error == "fail":
         raise InvalidDataset(str(source or photos), problems, "nothing written")

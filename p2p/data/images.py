@@ -1,7 +1,9 @@
 """Decode and validate one image; encode PNG deterministically.
 
 Every image p2p reads goes through `open_image`, which decodes the whole file (a truncated
-file fails here, not in the middle of training) and applies one explicit channel policy:
+file fails here, not in the middle of training), applies the EXIF orientation tag (a camera
+photo shot in portrait comes out upright, in import, build and predict alike) and applies one
+explicit channel policy:
 
 channels=3 (RGB):
     RGB as is; L (grayscale), 1 (bilevel) and P (palette) are converted to RGB (no information
@@ -47,7 +49,7 @@ def open_image(
     name: str,
     channels: int,
     gray_from_color: bool = False,
-    exif_transpose: bool = False,
+    exif_transpose: bool = True,
     notes: list[str] | None = None,
 ) -> Image.Image:
     """Open, fully decode and validate an image, returning it in mode "RGB" or "L".
@@ -58,7 +60,7 @@ def open_image(
         channels: 3 for RGB, 1 for grayscale; see the module docstring for the policy.
         gray_from_color: with channels=1, convert real colour images with luma instead of
             rejecting them.
-        exif_transpose: rotate/flip by the EXIF orientation tag (camera photos).
+        exif_transpose: rotate/flip by the EXIF orientation tag (camera photos); on by default.
         notes: if given, a description of each conversion made is appended (for reports).
 
     Returns:

@@ -338,7 +338,7 @@ def _make_index(
     splits: dict[str, dict[str, Any]],
     skipped: list[dict[str, str]],
 ) -> dict[str, Any]:
-    manifest_sha = hashlib.sha256((manifest.root / "manifest.json").read_bytes()).hexdigest()
+    manifest_sha = hashlib.sha256(manifest.path.read_bytes()).hexdigest()
     dvc_md5, dvc_source = _dvc_md5(raw_dir)
     index: dict[str, Any] = {
         "format": FORMAT,

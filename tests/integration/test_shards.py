@@ -68,7 +68,7 @@ def test_layout_and_index(raw, tmp_path):
         "shards": 5,
         "bytes": sum(p.stat().st_size for p in out.glob("*.tar")),
     }
-    manifest_sha = hashlib.sha256((raw / "manifest.json").read_bytes()).hexdigest()
+    manifest_sha = hashlib.sha256((raw / "manifest.jsonl").read_bytes()).hexdigest()
     assert index["data_version"]["manifest_sha256"] == manifest_sha
     assert index["params"]["data.direction"] == "AtoB"
     assert index["params"]["data.shard_max_count"] == 4

@@ -131,8 +131,8 @@ def test_pipeline_on_the_team_server(team, project):
 
     # 2. Data: build the demo pairs, version them with DVC (pushed to the S3 remote), shard to S3.
     run(team, project, p2p, "data", "prepare", *opts)
-    manifest = json.loads((project / "data/raw/demo/manifest.json").read_text())
-    assert sum(manifest["counts"].values()) == 30
+    report = json.loads((project / "data/raw/demo/report.json").read_text())
+    assert sum(report["counts"].values()) == 30
     version = run(team, project, p2p, "data", "version", "data/raw/demo", *opts)
     assert (project / "data/raw/demo.dvc").is_file(), version.stdout
     assert s3_keys(b, "dvc/"), "DVC pushed nothing to P2P_DVC_REMOTE_URL"

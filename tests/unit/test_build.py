@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from PIL import Image
 from p2p.cli import main
 from p2p.config import BuildConfig, DataConfig
 from p2p.data.build import build_demo, build_pairs, demo_photos, edge_map, low_res
-from p2p.data.pairs import InvalidDataset, load_manifest
+from p2p.data.manifest import load_manifest
+from p2p.data.reports import InvalidDataset
 from p2p.errors import DataError
 
 DATA = DataConfig(load_size=32, crop_size=32)
@@ -158,7 +160,7 @@ def test_build_demo_is_byte_deterministic(tmp_path):
     assert ha == hb and len(ha) == 2 + 2 * 12
     assert rep.counts == {"train": 10, "val": 1, "test": 1}
     text = (tmp_path / "a" / "demo" / "report.json").read_text()
-    text += (tmp_path / "a" / "demo" / "manifest.json").read_text()
+    text += (tmp_path / "a" / "demo" / "manifest.jsonl").read_text()
     assert str(tmp_path) not in text and "site-packages" not in text  # machine-independent
     assert '"skimage/data/astronaut.png"' in text
 
@@ -208,3 +210,31 @@ def test_cli_build_demo_prepare(photo_dir, tmp_path, monkeypatch, capsys):
     )
     rc = main(["data", "build", "--src", "nowhere", "--out", "z"])
     assert rc == 2 and "nowhere: photo folder not found" in capsys.readouterr().err
+
+
+def test_adding_and_removing_photos_never_moves_a_photo(tmp_path):
+    """Photos (and so their tiles) keep their split when other photos come and go."""
+    photos = tmp_path / "photos"
+    for i in range(12):
+        save(photos / f"p{i:02d}.png", noise(40, 40, seed=i))
+    build = BuildConfig(
+        task="superres", num_pairs=24, size=16, seed=1, val_fraction=0.2, test_fraction=0.2
+    )
+
+    def splits(out) -> dict[str, str]:
+        report = json.loads((out / "report.json").read_text())
+        assert not any("moved there" in w for w in report["warnings"])
+        return {Path(p["file"]).name: p["split"] for p in report["photos"]}
+
+    rep = build_pairs(photos, tmp_path / "v1", build=build, data=DATA)
+    assert rep.counts == {"train": 14, "val": 5, "test": 5}  # tile counts follow the fractions
+    before = splits(tmp_path / "v1")
+    for i in range(12, 15):
+        save(photos / f"p{i:02d}.png", noise(40, 40, seed=i))
+    (photos / "p00.png").unlink()
+    (photos / "p05.png").unlink()
+    build_pairs(photos, tmp_path / "v2", build=build, data=DATA)
+    after = splits(tmp_path / "v2")
+    kept = set(before) & set(after)
+    assert len(kept) == 10 and all(before[p] == after[p] for p in kept)
+    assert set(before.values()) == {"train", "val", "test"}

@@ -133,3 +133,26 @@ def test_encode_png_deterministic_and_strips_metadata():
 def test_image_extensions_any_case():
     assert {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff"} == set(IMAGE_EXTENSIONS)
     assert is_image_file("X.JPG") and is_image_file("a.TiFf") and not is_image_file("a.txt")
+
+
+def _jpeg_with_orientation(arr: np.ndarray, orientation: int) -> bytes:
+    """A JPEG whose EXIF Orientation tag asks viewers to rotate it (6: 90 degrees clockwise)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_exif_orientation_is_applied_by_default(tmp_path):
+    arr = np.zeros((10, 20, 3), np.uint8)  # 20 wide, 10 high; left half dark, right half bright
+    arr[:, 10:] = 250
+    path = tmp_path / "portrait.jpg"
+    path.write_bytes(_jpeg_with_orientation(arr, 6))
+    img = open_image(path, name="portrait.jpg", channels=3)  # what import and predict call
+    assert img.size == (10, 20)  # rotated upright: 10 wide, 20 high
+    # orientation 6 = rotate 90 degrees clockwise: the bright right half ends up at the bottom
+    out = np.asarray(img).mean(axis=(1, 2))
+    assert out[:8].max() < 40 and out[12:].min() > 200
+    raw = open_image(path, name="portrait.jpg", channels=3, exif_transpose=False)
+    assert raw.size == (20, 10)
