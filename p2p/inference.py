@@ -5,15 +5,28 @@ Images become (C, H, W) tensors in [-1, 1] (x / 127.5 - 1, the reference's ToTen
 are resized (bicubic) to the nearest valid size for the network and the result is resized back,
 with a log message. Images of the same network size are batched together.
 
-Eval mode (running BN statistics, no dropout) is the default. `train_mode=True` is the paper's
-test-time setting: dropout on and batch statistics of each image (batch 1, as the reference's
-test.py without --eval), so outputs are stochastic. The BN running statistics are restored after.
+Two inference modes (`eval.inference_mode`, recorded on every registered version):
+
+    paper  the paper's test-time setting and the reference test.py's default (no --eval): the
+           generator runs as in training, dropout on and batch norm on the batch's own
+           statistics. Images run one at a time, so with batch norm each image is normalised
+           with its own mean and variance (the statistics of a batch of 1 are that image's
+           instance statistics) and its output never depends on the other images of a request.
+           Dropout makes it stochastic; with a seed it is reproducible: each image runs under
+           `seeded(seed)`, so the same image and seed give the same output on the same device.
+           The BN running statistics are restored afterwards.
+    eval   running statistics, no dropout (`model.eval()`, the reference's --eval):
+           deterministic, batched.
+
+The same weights give different images in the two modes; `p2p evaluate` scores both on val.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -23,8 +36,58 @@ from PIL import Image
 from p2p.checkpoints import unwrap
 from p2p.config import ExperimentConfig
 from p2p.data.images import to_channels
+from p2p.errors import P2PError
 
 log = logging.getLogger(__name__)
+
+MODES = ("paper", "eval")  # eval.inference_mode values
+DEFAULT_SEED = 0  # paper mode's dropout seed in evaluate, predict and serving unless one is given
+
+
+def check_mode(mode: str, where: str = "inference mode") -> str:
+    """`mode` if it is one of MODES, else a P2PError naming `where`."""
+    if mode not in MODES:
+        raise P2PError(f"{where}: {mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def mode_of(cfg: ExperimentConfig | None) -> str:
+    """The inference mode a model records (`eval.inference_mode`); "paper" without a config
+    (a reference `latest_net_G.pth`: the reference's test.py default)."""
+    return cfg.eval.inference_mode if cfg is not None else "paper"
+
+
+@contextlib.contextmanager
+def inference_mode(g: nn.Module, mode: str) -> Iterator[nn.Module]:
+    """Run `g` in `mode` inside the block; its training flag and BN buffers are restored after
+    (paper mode updates the running statistics, which must not leak into the model)."""
+    check_mode(mode)
+    was_training = g.training
+    saved = {k: b.clone() for k, b in g.named_buffers()} if mode == "paper" else None
+    g.train(mode == "paper")
+    try:
+        yield g
+    finally:
+        g.train(was_training)
+        if saved is not None:
+            with torch.no_grad():
+                for k, b in g.named_buffers():
+                    b.copy_(saved[k])
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
+    """Seed torch's RNG (CPU, and CUDA for a CUDA device) inside the block and restore the
+    previous RNG state after: dropout masks become a function of `seed`, and the caller's
+    random stream is untouched. `seed=None`: no seeding (fresh noise)."""
+    if seed is None:
+        yield
+        return
+    device = torch.device(device)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        torch.manual_seed(int(seed))
+        yield
 
 
 def image_to_tensor(img: Image.Image, channels: int, name: str = "image") -> torch.Tensor:
@@ -74,7 +137,8 @@ def translate(
     images: list[Image.Image],
     cfg: ExperimentConfig | None = None,
     *,
-    train_mode: bool = False,
+    mode: str | None = None,
+    seed: int | None = DEFAULT_SEED,
     batch_size: int = 8,
     names: list[str] | None = None,
 ) -> list[Image.Image]:
@@ -84,13 +148,18 @@ def translate(
         g: the generator (on any device; inputs follow it).
         images: PIL images (converted to the network's input channels per p2p.data.images).
         cfg: the run config; optional when `g` carries input_nc/output_nc/size_multiple.
-        train_mode: keep dropout and per-image batch statistics on (the paper's noise).
-        batch_size: images per forward pass in eval mode (train mode uses 1).
+        mode: "paper" or "eval" (module docstring); default `mode_of(cfg)`.
+        seed: paper mode: every image runs under `seeded(seed)`, so the same image and seed
+            give the same output whatever the other images are (default DEFAULT_SEED, the
+            seed `p2p evaluate` scores with); None: fresh noise from the global RNG. Eval mode
+            ignores it.
+        batch_size: images per forward pass in eval mode (paper mode uses 1).
         names: names for messages and errors (default "image <i>").
 
     Returns:
         One "RGB" (output_nc 3) or "L" (output_nc 1) image per input, in order.
     """
+    mode = check_mode(mode or mode_of(cfg))
     in_nc, _, multiple = geometry(g, cfg)
     names = names or [f"image {i}" for i in range(len(images))]
     device = next(unwrap(g).parameters()).device
@@ -110,24 +179,18 @@ def translate(
             )
         groups[size].append(i)
 
-    was_training = g.training
-    saved = {k: b.clone() for k, b in g.named_buffers()}  # BN stats change in train mode
-    g.train(train_mode)
     outputs: list[Image.Image | None] = [None] * len(images)
-    step = 1 if train_mode else max(1, batch_size)
-    try:
-        with torch.no_grad():
-            for (w, h), idx in groups.items():
-                for start in range(0, len(idx), step):
-                    chunk = idx[start : start + step]
-                    x = torch.stack([_resize(tensors[i], (w, h)) for i in chunk]).to(device)
+    paper = mode == "paper"
+    step = 1 if paper else max(1, batch_size)
+    with inference_mode(g, mode), torch.no_grad():
+        for (w, h), idx in groups.items():
+            for start in range(0, len(idx), step):
+                chunk = idx[start : start + step]
+                x = torch.stack([_resize(tensors[i], (w, h)) for i in chunk]).to(device)
+                with seeded(seed if paper else None, device):
                     y = g(x).float().cpu()  # (b, output_nc, h, w) in [-1, 1]
-                    for i, yi in zip(chunk, y, strict=True):
-                        outputs[i] = tensor_to_image(_resize(yi, images[i].size))
-    finally:
-        g.train(was_training)
-        for k, b in g.named_buffers():
-            b.copy_(saved[k])
+                for i, yi in zip(chunk, y, strict=True):
+                    outputs[i] = tensor_to_image(_resize(yi, images[i].size))
     return outputs  # type: ignore[return-value]
 
 
