@@ -12,6 +12,8 @@ NAME.tar.gz`: a folder NAME/ with train/, val/ (and for some test/) of A|B image
    got, and every later download or re-use must match it);
 3. extracts it safely: only regular files and folders, no absolute paths, no `..`, no links or
    devices (checked member by member, then tarfile's `filter="data"` as a second guard);
+   into DEST/NAME (kept: it is `data.source` of params/NAME.yaml, so `p2p data prepare` can
+   re-import it);
 4. imports it with `p2p.data.pairs.import_pairs` (aligned format) into data/raw/NAME, and
    optionally versions that with DVC (`p2p data version`'s code path).
 
@@ -78,7 +80,10 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("edges2shoes", "AtoB", "edges -> shoe photo", "UT Zappos50K, HED edges"),
         DatasetSpec("edges2handbags", "AtoB", "edges -> handbag photo", "iGAN Amazon handbags"),
         DatasetSpec(
-            "night2day", "AtoB", "night -> day", "Transient Attributes webcams; BtoA = day -> night"
+            "night2day",
+            "BtoA",
+            "day -> night (the paper's task; A is night, B is day)",
+            "Transient Attributes webcams; AtoB = night -> day",
         ),
     )
 }
@@ -129,7 +134,7 @@ def download_dataset(
 
     Args:
         name: one of DATASETS.
-        dest: where NAME.tar.gz, its .part file and its sidecar live.
+        dest: where NAME.tar.gz, its .part file, its sidecar and the extracted NAME/ live.
         out: the canonical dataset to write (default data/raw/NAME).
         data: channels etc. for validation (default: DataConfig with the dataset's direction).
         import_: extract and import (False: download and verify only).
@@ -179,10 +184,9 @@ def download_dataset(
 
         data = data or DataConfig(direction=spec.direction)
         raw_dir = Path(out) if out is not None else Path("data/raw") / name
-        with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=dest) as tmp:
-            src = safe_extract(archive, Path(tmp))
-            report = import_pairs(src, raw_dir, fmt="aligned", data=data, name=name)
-            counts = dict(report.counts)
+        src = extract_once(archive, dest / name, digest)
+        report = import_pairs(src, raw_dir, fmt="aligned", data=data, name=name)
+        counts = dict(report.counts)
         if version:
             from p2p.data.versioning import version_dataset
 
@@ -319,6 +323,25 @@ def _check(
 
 
 # ----------------------------------------------------------------------------- extract
+
+EXTRACTED_MARK = ".p2p-extracted"  # in the extracted folder: the sha256 of its archive
+
+
+def extract_once(archive: Path, folder: Path, digest: str) -> Path:
+    """The archive's dataset folder at `folder` (DEST/NAME, the `data.source` of the recipes),
+    extracted safely into a temp dir and renamed into place; kept and re-used while it was
+    extracted from an archive with this sha256."""
+    mark = folder / EXTRACTED_MARK
+    if mark.exists() and mark.read_text().strip() == digest:
+        return folder
+    with tempfile.TemporaryDirectory(prefix=f".{folder.name}-", dir=folder.parent) as tmp:
+        root = safe_extract(archive, Path(tmp) / "x")
+        (root / EXTRACTED_MARK).write_text(digest + "\n")
+        if folder.exists():
+            old = Path(tmp) / "old"
+            folder.rename(old)  # removed with the temp dir
+        root.rename(folder)
+    return folder
 
 
 def safe_extract(archive: str | Path, dest: str | Path) -> Path:

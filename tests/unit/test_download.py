@@ -117,6 +117,8 @@ def test_download_imports_with_direction_and_records_checksum(server, tmp_path):
     assert len(load_manifest(d.raw_dir).pairs("train")) == 4
     side = json.loads((tmp_path / "dl" / "facades.tar.gz.json").read_text())
     assert side["size"] == len(body) and side["sha256"] == d.sha256 and side["direction"] == "BtoA"
+    # the extracted folder stays: it is data.source of params/facades.yaml
+    assert len(list((tmp_path / "dl" / "facades" / "train").iterdir())) == 4
     # again: the archive is re-used after checking it against the sidecar, no request made
     n = len(server.ranges)
     again = download_dataset("facades", dest=tmp_path / "dl", out=tmp_path / "raw" / "facades")
