@@ -12,8 +12,10 @@ Two inference modes (`eval.inference_mode`, recorded on every registered version
            statistics. Images run one at a time, so with batch norm each image is normalised
            with its own mean and variance (the statistics of a batch of 1 are that image's
            instance statistics) and its output never depends on the other images of a request.
-           Dropout makes it stochastic; with a seed it is reproducible: each image runs under
-           `seeded(seed)`, so the same image and seed give the same output on the same device.
+           Dropout makes it stochastic; with a seed it is reproducible: the dropout mask is a
+           counter-based hash of (seed, layer, channel, row, column) (`seeded_dropout`, the same
+           Bernoulli(1 - p) keep / scale by 1 / (1 - p) as torch's dropout), so the same image
+           and seed give the same output on any device, in torch and in the ONNX export alike.
            The BN running statistics are restored afterwards.
     eval   running statistics, no dropout (`model.eval()`, the reference's --eval):
            deterministic, batched.
@@ -75,19 +77,57 @@ def inference_mode(g: nn.Module, mode: str) -> Iterator[nn.Module]:
                     b.copy_(saved[k])
 
 
+HASH_PRIME = 2_147_483_647  # 2**31 - 1: every product below stays under 2**63 (exact int64)
+
+
+def seeded_dropout(x: torch.Tensor, seed: torch.Tensor, layer: int, p: float) -> torch.Tensor:
+    """Dropout of `x` (N, C, H, W) with a mask that is a function of (seed, layer, position):
+    each unit is kept with probability 1 - p and scaled by 1 / (1 - p), as torch's dropout, but
+    the mask comes from integer arithmetic only (a few rounds of squaring mod a prime), so it
+    is identical on CPU, GPU and in onnxruntime. Every image of the batch gets the same mask.
+
+    Args:
+        seed: int64 scalar tensor in [0, HASH_PRIME).
+        layer: the dropout layer's index in the network (layers get different masks).
+    """
+    idx = torch.ones_like(x[:1], dtype=torch.int64).flatten(1).cumsum(1) - 1  # 0..C*H*W-1
+    h = (idx * 1_640_531_527 + seed * 97_531 + (layer + 1) * 1_000_003) % HASH_PRIME
+    for _ in range(3):
+        h = (h * h + 12_345) % HASH_PRIME
+        h = (h * 48_271) % HASH_PRIME
+    keep = (h >= int(p * HASH_PRIME)).to(x.dtype).reshape_as(x[:1])
+    return x * keep * (1.0 / (1.0 - p))
+
+
+def dropout_layers(g: nn.Module) -> list[nn.Dropout]:
+    """The generator's dropout modules in definition order (their `layer` index)."""
+    return [m for m in unwrap(g).modules() if isinstance(m, nn.Dropout)]
+
+
 @contextlib.contextmanager
-def seeded(seed: int | None, device: torch.device | str = "cpu") -> Iterator[None]:
-    """Seed torch's RNG (CPU, and CUDA for a CUDA device) inside the block and restore the
-    previous RNG state after: dropout masks become a function of `seed`, and the caller's
-    random stream is untouched. `seed=None`: no seeding (fresh noise)."""
+def dropout_seed(g: nn.Module, seed: int | None) -> Iterator[None]:
+    """Inside the block, every dropout layer of `g` applies `seeded_dropout(seed)` (whatever
+    the module's train flag; eval mode is set back after). `seed=None`: a fresh seed drawn
+    from torch's global RNG."""
     if seed is None:
+        seed = int(torch.randint(0, HASH_PRIME, ()))
+    drops = dropout_layers(g)
+    device = next(unwrap(g).parameters()).device
+    s = torch.tensor(int(seed) % HASH_PRIME, dtype=torch.int64, device=device)
+    handles, flags = [], [m.training for m in drops]
+
+    def hook(layer: int):
+        return lambda m, inp, out: seeded_dropout(inp[0], s, layer, m.p)
+
+    for layer, m in enumerate(drops):
+        m.eval()  # identity: the hook applies the seeded mask instead
+        handles.append(m.register_forward_hook(hook(layer)))
+    try:
         yield
-        return
-    device = torch.device(device)
-    cuda = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        torch.manual_seed(int(seed))
-        yield
+    finally:
+        for h, m, f in zip(handles, drops, flags, strict=True):
+            h.remove()
+            m.train(f)
 
 
 def image_to_tensor(img: Image.Image, channels: int, name: str = "image") -> torch.Tensor:
@@ -149,10 +189,10 @@ def translate(
         images: PIL images (converted to the network's input channels per p2p.data.images).
         cfg: the run config; optional when `g` carries input_nc/output_nc/size_multiple.
         mode: "paper" or "eval" (module docstring); default `mode_of(cfg)`.
-        seed: paper mode: every image runs under `seeded(seed)`, so the same image and seed
-            give the same output whatever the other images are (default DEFAULT_SEED, the
-            seed `p2p evaluate` scores with); None: fresh noise from the global RNG. Eval mode
-            ignores it.
+        seed: paper mode: every image runs under `dropout_seed(g, seed)`, so the same image and
+            seed give the same output whatever the other images are (default DEFAULT_SEED, the
+            seed `p2p evaluate` scores with); None: a fresh seed per image from the global RNG.
+            Eval mode ignores it.
         batch_size: images per forward pass in eval mode (paper mode uses 1).
         names: names for messages and errors (default "image <i>").
 
@@ -187,7 +227,7 @@ def translate(
             for start in range(0, len(idx), step):
                 chunk = idx[start : start + step]
                 x = torch.stack([_resize(tensors[i], (w, h)) for i in chunk]).to(device)
-                with seeded(seed if paper else None, device):
+                with dropout_seed(g, seed) if paper else contextlib.nullcontext():
                     y = g(x).float().cpu()  # (b, output_nc, h, w) in [-1, 1]
                 for i, yi in zip(chunk, y, strict=True):
                     outputs[i] = tensor_to_image(_resize(yi, images[i].size))

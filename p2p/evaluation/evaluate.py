@@ -21,6 +21,7 @@ the previous results intact.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -38,7 +39,7 @@ from p2p.atomic import write_bytes_atomic
 from p2p.config import ExperimentConfig
 from p2p.errors import P2PError
 from p2p.evaluation.grid import pick_rows, render_grid
-from p2p.inference import DEFAULT_SEED, MODES, check_mode, inference_mode, seeded
+from p2p.inference import DEFAULT_SEED, MODES, check_mode, dropout_seed, inference_mode
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +241,9 @@ def _score_split(
 ) -> _SplitScores:
     """Score every sample of `split` once in inference `mode`.
 
-    Paper mode runs one image per forward pass under `seeded(DEFAULT_SEED)`: each image is
-    normalised with its own statistics and its dropout mask depends on the seed only, so a
-    score is reproducible and `p2p predict` / the pyfunc give the very images scored.
+    Paper mode runs one image per forward pass under `dropout_seed(g, DEFAULT_SEED)`: each
+    image is normalised with its own statistics and its dropout mask depends on the seed only,
+    so a score is reproducible and `p2p predict` / the pyfunc / ONNX give the images scored.
     """
     from p2p.data.dataset import make_loader
     from p2p.evaluation.metrics import l1, psnr, ssim
@@ -267,7 +268,7 @@ def _score_split(
                 break
             real_a = real_a[:keep].to(device, torch.float32)
             real_b = real_b[:keep].to(device, torch.float32)
-            with seeded(DEFAULT_SEED if paper else None, device):
+            with dropout_seed(g, DEFAULT_SEED) if paper else contextlib.nullcontext():
                 fake_b = g(real_a)
             _check_shapes(fake_b, real_b, checkpoint)
             for k, score in scorers.items():  # per-image scores, summed: exact means

@@ -16,20 +16,22 @@ with batch, height and width left dynamic.
                                        multiple and resize the output back (what the pyfunc and
                                        `p2p predict` do), or pad (reflect) and crop the output
     p2p.inference_mode                 paper | eval (below); p2p.dropout says what dropout does
+    p2p.seed_name                      paper mode: "seed", a second input (int64 scalar)
 
 The bare graph cannot take other sizes: a 300x200 input to a unet_256 fails inside onnxruntime
 with a Concat shape error. `run_onnx` checks the size first and says what is wrong; the MLflow
 pyfunc takes any size.
 
 **Modes.** `eval`: running BN statistics, no dropout, exactly torch's `g.eval()`. `paper`: the
-deterministic part of the paper's mode: every batch-norm layer normalises each image with its
-own statistics (what batch norm in train mode does at batch 1, independent of the other images
-in the ONNX batch) and dropout is replaced by its expectation, the identity (torch's
-train-mode dropout scales kept units by 2, so the mean over masks equals no dropout). ONNX
-has no dropout whose seed is a request input (its Dropout/RandomUniform ops take the seed as a
-fixed attribute and onnxruntime advances it between runs), so a seeded, reproducible dropout
-is served by the pyfunc only; the ONNX output in paper mode is deterministic and differs from
-any one seeded torch sample by the dropout noise.
+paper's test mode, the same images as the pyfunc and `p2p predict`: every batch-norm layer
+normalises each image with its own statistics (batch norm in train mode at batch 1, so an image
+never depends on the others in the ONNX batch), and dropout is `p2p.inference.seeded_dropout`,
+whose mask is integer arithmetic on a second, required input `seed` (int64 scalar; 0 is the seed
+`p2p evaluate` scores with). The same image and seed give the same output as torch (to float
+rounding), i.e. as the pyfunc and `p2p predict` with that seed.
+ONNX's own Dropout cannot do this: its seed is a fixed attribute and onnxruntime advances its
+generator between runs (checked: two runs of one session differ, a new session repeats the
+first), so a request could not choose or reproduce its noise.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -46,7 +49,7 @@ from p2p.atomic import write_atomic
 from p2p.errors import P2PError
 
 OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "input", "output"
+INPUT_NAME, OUTPUT_NAME, SEED_NAME = "input", "output", "seed"
 PREFIX = "p2p."
 
 
@@ -69,26 +72,64 @@ class ImageStatsNorm(nn.Module):
         return y
 
 
+class SeededDropout(nn.Module):
+    """nn.Dropout as `seeded_dropout` with the seed set by PaperGraph for each forward."""
+
+    def __init__(self, p: float, layer: int) -> None:
+        super().__init__()
+        self.p, self.layer = p, layer
+        self.seed: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from p2p.inference import seeded_dropout
+
+        return seeded_dropout(x, self.seed, self.layer, self.p)
+
+
+class PaperGraph(nn.Module):
+    """`forward(x, seed)`: the generator in paper mode (module docstring), for export."""
+
+    def __init__(self, g: nn.Module) -> None:
+        super().__init__()
+        from p2p.inference import dropout_layers
+
+        self.net = copy.deepcopy(g).cpu().eval()
+        drops = {id(m): i for i, m in enumerate(dropout_layers(self.net))}
+        self.drops: list[SeededDropout] = []
+
+        def swap(parent: nn.Module) -> None:
+            for name, child in parent.named_children():
+                if isinstance(child, nn.BatchNorm2d):
+                    setattr(parent, name, ImageStatsNorm(child))
+                elif isinstance(child, nn.Dropout):
+                    d = SeededDropout(child.p, drops[id(child)])
+                    self.drops.append(d)
+                    setattr(parent, name, d)
+                else:
+                    swap(child)
+
+        swap(self.net)
+        for attr in ("input_nc", "output_nc", "size_multiple"):
+            if hasattr(self.net, attr):
+                setattr(self, attr, getattr(self.net, attr))
+
+    def forward(self, x: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+        from p2p.inference import HASH_PRIME
+
+        s = seed.reshape(()).to(torch.int64) % HASH_PRIME
+        for d in self.drops:
+            d.seed = s
+        return self.net(x)
+
+
 def exportable(g: nn.Module, mode: str) -> nn.Module:
-    """The module the ONNX graph of `mode` computes, in eval mode: `g` itself for "eval"; for
-    "paper" a copy with every BatchNorm2d replaced by ImageStatsNorm (dropout: identity)."""
+    """The module the ONNX graph of `mode` computes: `g` (eval mode) for "eval"; for "paper"
+    a PaperGraph, `forward(x, seed)`."""
     from p2p.checkpoints import unwrap
     from p2p.inference import check_mode
 
     check_mode(mode)
-    if mode == "eval":
-        return g
-    m = copy.deepcopy(unwrap(g)).cpu()
-
-    def swap(parent: nn.Module) -> None:
-        for name, child in parent.named_children():
-            if isinstance(child, nn.BatchNorm2d):
-                setattr(parent, name, ImageStatsNorm(child))
-            else:
-                swap(child)
-
-    swap(m)
-    return m.eval()
+    return unwrap(g) if mode == "eval" else PaperGraph(unwrap(g)).eval()
 
 
 def contract(g: nn.Module, mode: str) -> dict[str, str]:
@@ -110,10 +151,13 @@ def contract(g: nn.Module, mode: str) -> dict[str, str]:
             "next multiple and crop the output"
         ),
         f"{PREFIX}inference_mode": mode,
+        f"{PREFIX}seed_name": SEED_NAME if mode == "paper" else "",
         f"{PREFIX}dropout": (
             "off (eval mode)"
             if mode == "eval"
-            else "identity: its expectation; seeded dropout noise only in the pyfunc"
+            else f"p = 0.5, mask = p2p.inference.seeded_dropout of the required input "
+            f"{SEED_NAME!r} (int64 scalar; 0 = the seed the scores used): the same image and "
+            "seed give the same output"
         ),
         f"{PREFIX}normalization": (
             "batch norm running statistics"
@@ -141,17 +185,20 @@ def export_onnx(
     path = Path(path)
     props = contract(g, mode)
     net = exportable(g, mode)
+    paper = mode == "paper"
     was_training = g.training
+    x = example.to(next(net.parameters()).device)
+    args = (x, torch.tensor(0, dtype=torch.int64)) if paper else (x,)
 
     def export(tmp: str) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript exporter deprecation notices
             torch.onnx.export(
                 net,
-                (example.to(next(net.parameters()).device),),
+                args,
                 tmp,
                 dynamo=False,
-                input_names=[INPUT_NAME],
+                input_names=[INPUT_NAME, SEED_NAME] if paper else [INPUT_NAME],
                 output_names=[OUTPUT_NAME],
                 opset_version=OPSET,
                 dynamic_axes={
@@ -205,17 +252,24 @@ def check_input(c: dict[str, str], shape: tuple[int, ...], where: str = "ONNX in
         )
 
 
-def run_onnx(path: str | Path, x: Any, session: Any = None) -> Any:
+def run_onnx(path: str | Path, x: Any, session: Any = None, *, seed: int | None = None) -> Any:
     """Run an exported generator on `x` (N, C, H, W float32 in [-1, 1], numpy or torch) after
-    checking it against the file's contract; returns the numpy output."""
-    import numpy as np
+    checking it against the file's contract; returns the numpy output. `seed`: paper-mode
+    exports only (default: DEFAULT_SEED, the seed the scores used)."""
     import onnxruntime as ort
 
     c = read_contract(path)
     arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
     check_input(c, arr.shape, where=f"{path}: input")
+    feed = {c["input_name"]: arr.astype(np.float32)}
+    if c.get("seed_name"):
+        from p2p.inference import DEFAULT_SEED
+
+        feed[c["seed_name"]] = np.asarray(DEFAULT_SEED if seed is None else seed, np.int64)
+    elif seed is not None:
+        raise P2PError(f"{path}: an eval-mode export has no seed input (it has no dropout)")
     sess = session or ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return sess.run([c["output_name"]], {c["input_name"]: arr.astype(np.float32)})[0]
+    return sess.run([c["output_name"]], feed)[0]
 
 
 def verify_onnx(
@@ -242,13 +296,21 @@ def verify_onnx(
         import onnxruntime  # noqa: F401
     except ImportError:
         return {"checked_with": "onnx.checker", "mode": mode}
-    got = torch.from_numpy(run_onnx(path, x.float()))
-    net = exportable(g, mode)
-    was_training = g.training
-    g.eval()
-    with torch.no_grad():
-        want = net(x.float().to(next(net.parameters()).device)).cpu()
-    g.train(was_training)
+    from p2p.inference import dropout_seed, inference_mode
+
+    seed = 3 if mode == "paper" else None  # not the default 0: the seed input must work
+    got = torch.from_numpy(run_onnx(path, x.float(), seed=seed))
+    device = next(g.parameters()).device
+    # torch's own inference path (what translate / evaluate / the pyfunc run), image by image
+    with inference_mode(g, mode), torch.no_grad():
+        if mode == "paper":
+            outs = []
+            for xi in x.float().to(device).split(1):
+                with dropout_seed(g, seed):
+                    outs.append(g(xi))
+            want = torch.cat(outs).cpu()
+        else:
+            want = g(x.float().to(device)).cpu()
     diff = float((got - want).abs().max())
     if got.shape != want.shape or not diff <= 1e-4:
         raise P2PError(

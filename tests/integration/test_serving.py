@@ -164,13 +164,15 @@ def test_pyfunc_rejects_bad_input_by_row(pyfunc_model):
 
 
 def test_registered_onnx_matches_torch(champion, tmp_path):
-    """The ONNX export serves the recorded mode (paper: each image's own statistics, dropout
-    as its expectation), carries its input contract, and refuses bad sizes clearly."""
+    """The ONNX export serves the recorded mode (paper: each image's own statistics and the
+    seeded dropout, the pyfunc's images for the same seed), carries its input contract, and
+    refuses bad sizes clearly."""
     import mlflow
     import onnxruntime as ort
 
     from p2p.errors import P2PError
-    from p2p.serving.onnx_export import exportable, read_contract, run_onnx
+    from p2p.inference import dropout_seed, inference_mode
+    from p2p.serving.onnx_export import read_contract, run_onnx
 
     ckpt, cfg, _ = champion
     assert cfg.eval.inference_mode == "paper"
@@ -180,6 +182,7 @@ def test_registered_onnx_matches_torch(champion, tmp_path):
     c = read_contract(onnx_file)
     assert c["inference_mode"] == "paper" and c["size_multiple"] == "64"
     assert (c["input_name"], c["layout"], c["input_channels"]) == ("input", "NCHW float32", "3")
+    assert c["seed_name"] == "seed"
     # a real batch at another size and batch than the export traced (2 x 64 x 64)
     imgs = [
         _photo("astronaut", (128, 192)),
@@ -189,21 +192,24 @@ def test_registered_onnx_matches_torch(champion, tmp_path):
     x = torch.stack(
         [torch.from_numpy(np.asarray(i, np.float32)).permute(2, 0, 1) / 127.5 - 1 for i in imgs]
     )
-    got = sess.run(["output"], {"input": x.numpy()})[0]
+    got = sess.run(["output"], {"input": x.numpy(), "seed": np.asarray(4, np.int64)})[0]
     g = load_generator(ckpt)
-    with torch.no_grad():
-        want = exportable(g, "paper")(x).numpy()
-        # = batch norm in train mode on each image alone, dropout off
-        for m in g.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        alone = torch.cat([g.train()(x[i : i + 1]) for i in range(len(x))]).numpy()
+    with torch.no_grad(), inference_mode(g, "paper"):
+        outs = []
+        for xi in x.split(1):
+            with dropout_seed(g, 4):
+                outs.append(g(xi))
+        want = torch.cat(outs).numpy()
         running = g.eval()(x).numpy()
     assert got.shape == (3, 3, 192, 128)
     np.testing.assert_allclose(got, want, atol=1e-4)
-    np.testing.assert_allclose(got, alone, atol=1e-4)
     assert np.abs(got - running).max() > 0.01  # not the eval-mode graph
     assert want.std() > 0.05
+    # the same image and seed through the pyfunc's path (translate) and ONNX: the same pixels
+    (via_translate,) = translate(g, [imgs[0]], cfg, seed=4)
+    onnx_pixels = ((np.clip(got[0], -1, 1) + 1) * 127.5).round().astype(np.uint8)
+    diff = np.abs(onnx_pixels.transpose(1, 2, 0).astype(int) - np.asarray(via_translate, int))
+    assert diff.max() <= 1
     with pytest.raises(P2PError, match=r"200x300 must be positive multiples of 64"):
         run_onnx(onnx_file, np.zeros((1, 3, 200, 300), np.float32), session=sess)
 

@@ -16,7 +16,7 @@ from p2p.checkpoints import load_generator, save_generator
 from p2p.cli import main
 from p2p.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from p2p.errors import P2PError
-from p2p.inference import seeded, translate
+from p2p.inference import dropout_seed, inference_mode, seeded_dropout, translate
 from p2p.models import build_generator
 
 SMALL = {
@@ -123,16 +123,26 @@ def _u8(t: torch.Tensor) -> np.ndarray:
     return ((t.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
 
 
-def test_seeded_leaves_the_global_rng_alone():
+def test_seeded_dropout_is_a_fair_mask_and_leaves_the_global_rng_alone():
+    x = torch.ones(2, 512, 16, 16)
+    a = seeded_dropout(x, torch.tensor(0), 0, 0.5)
+    assert torch.equal(a[0], a[1])  # one mask per seed, whatever the batch position
+    keep = (a[0] > 0).float().flatten()
+    assert set(a.unique().tolist()) == {0.0, 2.0}  # kept units scaled by 1 / (1 - p)
+    assert abs(keep.mean().item() - 0.5) < 0.01
+    assert abs(torch.corrcoef(torch.stack([keep[:-1], keep[1:]]))[0, 1].item()) < 0.02
+    other_seed = (seeded_dropout(x, torch.tensor(1), 0, 0.5)[0] > 0).float().flatten()
+    other_layer = (seeded_dropout(x, torch.tensor(0), 1, 0.5)[0] > 0).float().flatten()
+    assert 0.45 < (keep == other_seed).float().mean().item() < 0.55
+    assert 0.45 < (keep == other_layer).float().mean().item() < 0.55
+
+    g = _generator(_cfg())
     torch.manual_seed(123)
     want = torch.rand(3)
     torch.manual_seed(123)
-    with seeded(7):
-        a = torch.rand(2)
-    got = torch.rand(3)
-    with seeded(7):
-        b = torch.rand(2)
-    assert torch.equal(got, want) and torch.equal(a, b)
+    with inference_mode(g, "paper"), dropout_seed(g, 7), torch.no_grad():
+        g(torch.zeros(1, 3, 64, 64))
+    assert torch.equal(torch.rand(3), want)  # a seeded forward draws nothing from torch's RNG
 
 
 # ----------------------------------------------------------------------------- predict
@@ -234,15 +244,23 @@ def test_onnx_contract_metadata_and_mode(tmp_path, mode):
     x = torch.rand(2, 3, 64, 128) * 2 - 1
     got = run_onnx(path, x)
     h = load_generator(save_generator(tmp_path / "g.pt", g, cfg))
-    with torch.no_grad():
+    with torch.no_grad(), inference_mode(h, mode):
         if mode == "eval":
-            want = h.eval()(x)
-        else:  # each image alone in train mode, dropout off
-            for m in h.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = 0.0
-            want = torch.cat([h.train()(x[i : i + 1]) for i in range(2)])
+            want = h(x)
+        else:  # each image alone in train mode, the seeded dropout of translate / evaluate
+            outs = []
+            for i in range(2):
+                with dropout_seed(h, 0):
+                    outs.append(h(x[i : i + 1]))
+            want = torch.cat(outs)
     np.testing.assert_allclose(got, want.numpy(), atol=1e-4)
+    if mode == "paper":  # the seed input: reproducible, and it changes the noise
+        np.testing.assert_array_equal(run_onnx(path, x, seed=5), run_onnx(path, x, seed=5))
+        assert np.abs(run_onnx(path, x, seed=5) - got).max() > 1e-3
+        assert c["seed_name"] == "seed"
+    else:
+        with pytest.raises(P2PError, match="eval-mode export has no seed input"):
+            run_onnx(path, x, seed=5)
     # a 300x200 image: a clear error instead of onnxruntime's Concat failure
     with pytest.raises(P2PError, match=r"200x300 must be positive multiples of 64.*192x320"):
         run_onnx(path, np.zeros((1, 3, 200, 300), np.float32))
