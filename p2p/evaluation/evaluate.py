@@ -29,6 +29,7 @@ import html
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +236,7 @@ def _score_split(
     device: str,
     checkpoint: Path,
     *,
-    rows: list[int] = (),  # type: ignore[assignment]
+    rows: Sequence[int] = (),
     identity: bool = False,
     extra: Any = None,
 ) -> _SplitScores:
