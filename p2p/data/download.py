@@ -190,7 +190,7 @@ def download_dataset(
         if version:
             from p2p.data.versioning import version_dataset
 
-            data_version = version_dataset(raw_dir, remote=remote, repo=repo).md5
+            data_version = version_dataset(raw_dir.resolve(), remote=remote, repo=repo).md5
     return Download(
         name=name,
         url=url,

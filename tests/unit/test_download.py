@@ -6,90 +6,15 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
-from data_fixtures import noise
-from PIL import Image
+from download_fixtures import Server, add_member, facades_tarball
 
 from p2p.cli import main
 from p2p.data.download import DATASETS, download_dataset, safe_extract
 from p2p.data.pairs import load_manifest
 from p2p.errors import DataError
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def facades_tarball(n_train: int = 4, n_val: int = 2) -> bytes:
-    """facades.tar.gz as published: facades/{train,val}/N.jpg (here PNG), A|B side by side."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for split, n in (("train", n_train), ("val", n_val)):
-            for i in range(n):
-                a = noise(32, 32, seed=100 * len(split) + i)
-                _add(tar, f"facades/{split}/{i + 1}.png", _png(np.concatenate([a, 255 - a], 1)))
-    return buf.getvalue()
-
-
-class Server:
-    """Files by URL path; honours `Range: bytes=N-`; `cut_after` truncates the next
-    full response after that many bytes (a dropped connection)."""
-
-    def __init__(self, files: dict[str, bytes]) -> None:
-        self.files, self.cut_after, self.ranges = files, None, []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):  # quiet
-                pass
-
-            def do_GET(self):  # noqa: N802
-                body = outer.files.get(self.path)
-                if body is None:
-                    self.send_error(404, "Not Found")
-                    return
-                rng = self.headers.get("Range")
-                outer.ranges.append(rng)
-                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
-                if start >= len(body) and rng:
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(body)}")
-                    self.end_headers()
-                    return
-                part = body[start:]
-                self.send_response(206 if rng else 200)
-                if rng:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                self.send_header("Content-Length", str(len(part)))
-                self.end_headers()
-                if outer.cut_after is not None:
-                    part, outer.cut_after = part[: outer.cut_after], None
-                    self.wfile.write(part)
-                    self.close_connection = True
-                    return
-                self.wfile.write(part)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/datasets"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -163,8 +88,8 @@ def _tar(tmp_path: Path, build) -> Path:
 
 def test_malicious_archives_are_rejected(tmp_path):
     def traversal(tar):
-        _add(tar, "facades/train/1.png", b"x")
-        _add(tar, "../evil.txt", b"owned")
+        add_member(tar, "facades/train/1.png", b"x")
+        add_member(tar, "../evil.txt", b"owned")
 
     def symlink(tar):
         info = tarfile.TarInfo("facades/train/link.png")
@@ -172,7 +97,7 @@ def test_malicious_archives_are_rejected(tmp_path):
         tar.addfile(info)
 
     def absolute(tar):
-        _add(tar, "/tmp/evil.txt", b"owned")
+        add_member(tar, "/tmp/evil.txt", b"owned")
 
     def device(tar):
         info = tarfile.TarInfo("facades/dev")
@@ -192,7 +117,7 @@ def test_malicious_archives_are_rejected(tmp_path):
 def test_malicious_download_writes_nothing(monkeypatch, tmp_path):
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        _add(tar, "facades/train/../../../evil.txt", b"owned")
+        add_member(tar, "facades/train/../../../evil.txt", b"owned")
     s = Server({"/datasets/facades.tar.gz": buf.getvalue()})
     monkeypatch.setenv("P2P_DATASETS_URL", s.url)
     try:
