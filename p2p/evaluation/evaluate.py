@@ -339,7 +339,7 @@ def _index_html(
         for k, r in m.get("unavailable", {}).items()
     )
     modes = "".join(
-        f"<tr><th>{e(mode)}{' (used for the scores above)' if mode == m['inference_mode'] else ''}"
+        f"<tr><th>{e(mode)}{' (the mode of the scores above)' if mode == m['inference_mode'] else ''}"
         f"</th>"
         + "".join(f"<td>{s[k]:.4f} {e(UNITS[k] if k == 'psnr' else '')}</td>" for k in s)
         + "</tr>"
@@ -373,7 +373,7 @@ def _index_html(
 th,td{{text-align:left;padding:2px 12px}} img{{image-rendering:pixelated;max-width:100%}}</style>
 </head><body>
 <h1>{e(model_name)}: {e(m["split"])} split</h1>
-<p>model <code>{e(version)}</code>, {m["n_samples"]} images, inference mode
+<p>model <code>{e(version)}</code>, {m["n_samples"]} {e(m["split"])} images, inference mode
 <b>{e(m["inference_mode"])}</b></p>
 <h2>Metrics</h2><table><tr><th>metric</th><th>value</th><th>unit</th></tr>{rows}</table>
 {modes_table}
