@@ -268,6 +268,19 @@ def test_onnx_contract_metadata_and_mode(tmp_path, mode):
         run_onnx(path, np.zeros((1, 1, 64, 64), np.float32))
 
 
+def test_onnx_paper_mode_of_a_resnet_generator(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from p2p.serving.onnx_export import export_onnx, read_contract, verify_onnx
+
+    cfg = _cfg(**{"model.generator": "resnet", "model.resnet_blocks": 2})
+    torch.manual_seed(0)
+    g = build_generator(cfg.model, 3, 3)  # instance norm is not swapped; dropout is
+    path = export_onnx(g, tmp_path / "r.onnx", torch.rand(1, 3, 64, 64) * 2 - 1, mode="paper")
+    assert read_contract(path)["size_multiple"] == "4"
+    res = verify_onnx(path, g, torch.rand(2, 3, 96, 80) * 2 - 1, mode="paper")
+    assert res["max_abs_diff"] < 1e-4
+
+
 def test_read_contract_of_a_foreign_file(tmp_path):
     import onnx
 
