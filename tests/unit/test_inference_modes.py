@@ -274,7 +274,7 @@ def test_onnx_paper_mode_of_a_resnet_generator(tmp_path):
 
     cfg = _cfg(**{"model.generator": "resnet", "model.resnet_blocks": 2})
     torch.manual_seed(0)
-    g = build_generator(cfg.model, 3, 3)  # instance norm is not swapped; dropout is
+    g = build_generator(cfg.model, 3, 3)  # batch norm + dropout in the residual blocks
     path = export_onnx(g, tmp_path / "r.onnx", torch.rand(1, 3, 64, 64) * 2 - 1, mode="paper")
     assert read_contract(path)["size_multiple"] == "4"
     res = verify_onnx(path, g, torch.rand(2, 3, 96, 80) * 2 - 1, mode="paper")
