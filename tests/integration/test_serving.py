@@ -327,6 +327,15 @@ def test_served_model_answers_http(champion, pyfunc_model, tmp_path):
         assert _unb64(served).size == (96, 72)
         # the same answer as the model in this process
         assert served == pyfunc_model.predict(pd.DataFrame({"image": [b64]}))["image"][0]
+        # request params over HTTP: the seed of paper mode, reproducible
+        status, body = _post(
+            f"{base}/invocations",
+            {"dataframe_split": {"columns": ["image"], "data": [[b64]]}, "params": {"seed": 7}},
+        )
+        assert status == 200, body
+        seeded = body["predictions"][0]["image"]
+        want = pyfunc_model.predict(pd.DataFrame({"image": [b64]}), params={"seed": 7})["image"][0]
+        assert seeded == want and seeded != served
 
         status, body = _post(f"{base}/invocations", {"inputs": {"image": ["@@not-base64"]}})
         assert status == 400 and "image[0]: not valid base64" in json.dumps(body)
