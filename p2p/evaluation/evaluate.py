@@ -338,9 +338,9 @@ def _index_html(
         f"<tr><th>{e(k)}</th><td colspan=2>unavailable: {e(str(r))}</td></tr>"
         for k, r in m.get("unavailable", {}).items()
     )
+    used = " (the mode of the scores above)"
     modes = "".join(
-        f"<tr><th>{e(mode)}{' (the mode of the scores above)' if mode == m['inference_mode'] else ''}"
-        f"</th>"
+        f"<tr><th>{e(mode)}{used if mode == m['inference_mode'] else ''}</th>"
         + "".join(f"<td>{s[k]:.4f} {e(UNITS[k] if k == 'psnr' else '')}</td>" for k in s)
         + "</tr>"
         for mode, s in (m.get("modes_val") or {}).items()
