@@ -166,7 +166,17 @@ class EvalConfig:
     num_samples: int = 8  # images in the sample grid
     batch_size: int = 4
     model_name: str = "pix2pix"  # MLflow registered model name
-    eval_mode: bool = True  # False keeps dropout and batch statistics on (the paper's noise)
+    # How the generator runs at test time, in evaluate, predict and serving (p2p.inference):
+    # paper = dropout on + each image's own batch statistics (the paper, the reference's test.py
+    # without --eval); eval = running statistics, no dropout (deterministic); auto = paper for
+    # the paper's setting (batch norm at 1 image per worker), else eval. ExperimentConfig
+    # resolves auto, so a loaded config always holds paper or eval.
+    inference_mode: Literal["auto", "paper", "eval"] = "auto"
+
+    @property
+    def eval_mode(self) -> bool:
+        """True for inference_mode "eval" (the boolean key this replaced; still readable)."""
+        return self.inference_mode == "eval"
 
 
 @dataclass(frozen=True)
@@ -192,6 +202,10 @@ class ExperimentConfig:
                 f"train.batch_size ({self.train.batch_size}) is the global batch and must be "
                 f"divisible by resources.num_workers ({n})"
             )
+        if self.eval.inference_mode == "auto":  # the paper's setting -> the paper's mode
+            paper = self.model.norm == "batch" and self.train.batch_size // n == 1
+            ev = dataclasses.replace(self.eval, inference_mode="paper" if paper else "eval")
+            object.__setattr__(self, "eval", ev)
 
     # -- conversions ------------------------------------------------------------------
 
@@ -200,7 +214,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
-        return _build(cls, d, prefix="")
+        return _build(cls, _legacy_eval_mode(d), prefix="")
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys, e.g. {"train.lr": ...}: the spelling of DVC params and MLflow params."""
@@ -264,6 +278,8 @@ def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, A
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> ExperimentConfig:
     merged = {g: dict(v) if isinstance(v, dict) else v for g, v in raw.items()}
     for key, value in overrides.items():
+        if key == "eval.eval_mode" and isinstance(value, bool):  # the older boolean override
+            key, value = "eval.inference_mode", "eval" if value else "paper"
         group, _, name = key.partition(".")
         if not name or "." in name:
             raise ConfigError(f"override {key!r}: expected group.key")
@@ -279,6 +295,26 @@ def to_yaml(cfg: ExperimentConfig) -> str:
 
 
 # ----------------------------------------------------------------------------- internals
+
+
+def _legacy_eval_mode(d: Any) -> Any:
+    """Read the old boolean `eval.eval_mode` (params files, registered configs) as
+    `eval.inference_mode`: true -> eval, false -> paper. Both given and disagreeing is an error."""
+    ev = d.get("eval") if isinstance(d, dict) else None
+    if not isinstance(ev, dict) or "eval_mode" not in ev:
+        return d
+    ev = dict(ev)
+    old = ev.pop("eval_mode")
+    if not isinstance(old, bool):
+        raise ConfigError(f"eval.eval_mode: expected true/false, got {old!r}")
+    mode = "eval" if old else "paper"
+    if ev.get("inference_mode", "auto") not in ("auto", mode):
+        raise ConfigError(
+            f"eval.eval_mode ({str(old).lower()}) contradicts eval.inference_mode "
+            f"({ev['inference_mode']}); eval.eval_mode is replaced by eval.inference_mode"
+        )
+    ev["inference_mode"] = mode
+    return {**d, "eval": ev}
 
 
 def _positive(obj: Any, *names: str) -> None:

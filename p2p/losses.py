@@ -4,6 +4,13 @@ pix2pix uses "vanilla" (the paper's cGAN objective, as BCE on logits against all
 maps the size of the PatchGAN output, i.e. a mean over patches). "lsgan" (MSE on the logits) and
 "wgangp" (the critic score, plus `gradient_penalty` on the D side) are the reference's
 alternatives. The L1 term is plain `F.l1_loss` in the training step.
+
+Deliberate difference from the reference: with `gan_mode: wgangp` the training step adds
+`gradient_penalty` (weight `loss.lambda_gp`, default 10) to D's loss. The reference defines
+`cal_gradient_penalty` but its pix2pix model never calls it, so its "wgangp" is an unconstrained
+critic (the WGAN-GP objective without the GP, which makes the critic's scores unbounded). p2p
+keeps the penalty: it is what makes wgangp a WGAN-GP. Set `loss.lambda_gp: 0` to reproduce the
+reference exactly. vanilla and lsgan match the reference.
 """
 
 from __future__ import annotations

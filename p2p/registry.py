@@ -14,7 +14,8 @@ Tags on each version (keys are stable: flows and deployment teams read them):
     lineage.ray_run           Ray Train run (storage path / name)
     lineage.ray_checkpoint    Ray checkpoint URI the weights came from
     metric.<name>             test metrics (l1, psnr, ssim, ...), eval.* how they were measured
-    onnx.*                    how the ONNX export was verified
+    onnx.*                    how the ONNX export was verified (onnx.mode: its inference mode)
+    serving.inference_mode    the mode the pyfunc and ONNX serve (eval.inference_mode: scored)
     gate.*                    the promotion decision, both scores, the metric and margin
 
 The registered model keeps `p2p.champion_history` (a JSON stack of champions) and
@@ -292,10 +293,11 @@ def log_and_register(
         side = model_cfg.data.crop_size
         rng = torch.Generator().manual_seed(0)  # fixed inputs; the global RNG is not touched
         example = torch.rand(2, model_cfg.data.input_nc, side, side, generator=rng) * 2 - 1
-        export_onnx(g, staged / ARTIFACT_ONNX, example)
+        served = model_cfg.eval.inference_mode  # the pyfunc and the ONNX export use it
+        export_onnx(g, staged / ARTIFACT_ONNX, example, mode=served)
         # check on another batch size than the traced one: the batch axis must be dynamic
         probe = torch.rand(3, *example.shape[1:], generator=rng) * 2 - 1
-        onnx_check = verify_onnx(staged / ARTIFACT_ONNX, g, probe)
+        onnx_check = verify_onnx(staged / ARTIFACT_ONNX, g, probe, mode=served)
 
         lin = {k: str(v) for k, v in (lineage or {}).items() if v is not None and v != ""}
         lin.setdefault("data_version", str(metrics.get("data_version") or "unknown"))
@@ -311,6 +313,7 @@ def log_and_register(
         tags = {f"lineage.{k}": v for k, v in lin.items()}
         tags.update(_metric_tags(metrics))
         tags.update({f"onnx.{k}": str(v) for k, v in onnx_check.items()})
+        tags["serving.inference_mode"] = served  # eval.inference_mode: the mode scored
 
         client = _client()
         active = mlflow.active_run()
@@ -416,6 +419,7 @@ def _metric_tags(metrics: dict[str, Any]) -> dict[str, str]:
         "testset",
         "checkpoint_sha256",
         "eval_mode",
+        "inference_mode",
     ):
         if metrics.get(k) is not None:
             tags[f"eval.{k}"] = (

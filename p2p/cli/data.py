@@ -68,6 +68,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     shard_cmd.register_data_subcommands(dsub, common)
 
+    from p2p.cli import download
+
+    download.register_data_subcommand(dsub, common)
+
 
 def _split_args(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument("--val-fraction", type=float, help=f"{prefix}build.val_fraction")

@@ -3,8 +3,9 @@
     p2p evaluate --checkpoint models/generator.pt --shards data/shards/demo --out reports
 
 Writes OUT/metrics.json, OUT/samples.png (input | output | target rows) and OUT/index.html.
-Settings come from params.yaml: eval.batch_size, eval.num_samples, eval.eval_mode (false = the
-paper's test-time noise) and the data.* eval transform.
+Settings come from params.yaml: eval.batch_size, eval.num_samples, eval.inference_mode (paper:
+dropout + each image's own statistics, as the paper; eval: running statistics, no dropout) and
+the data.* eval transform. The val split is scored in both modes.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     print(
-        f"{m['split']}: {m['n_samples']} samples  l1 {m['l1']:.4f}  psnr {m['psnr']:.2f} dB  "
-        f"ssim {m['ssim']:.4f}"
+        f"{m['split']} ({m['inference_mode']} mode): {m['n_samples']} samples  "
+        f"l1 {m['l1']:.4f}  psnr {m['psnr']:.2f} dB  ssim {m['ssim']:.4f}"
     )
+    for mode, s in m.get("modes_val", {}).items():
+        print(f"val, {mode} mode: l1 {s['l1']:.4f}  psnr {s['psnr']:.2f} dB  ssim {s['ssim']:.4f}")
     if base := m.get("baseline_input"):
         print(
             f"input as output (baseline): l1 {base['l1']:.4f}  psnr {base['psnr']:.2f} dB  "

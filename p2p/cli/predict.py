@@ -6,11 +6,17 @@
 The checkpoint may be a p2p file or a reference `latest_net_G.pth`. Any image size works: sizes
 that the network cannot take are resized for it and the output is resized back. A bad input
 stops the run with one line naming the file, unless --skip-bad (then the exit code is 1).
+
+--mode: the inference mode (p2p.inference). Default: the one the model records
+(eval.inference_mode of the checkpoint's or registered version's config; "paper" for a
+reference file, as the reference's test.py). Paper mode is seeded per image (--seed, default 0):
+the same image and seed give the same output, the one `p2p evaluate` scored.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -32,13 +38,24 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--input", required=True, help="an image file or a folder of images")
     p.add_argument("--output", required=True, help="output file (for one image) or folder")
     p.add_argument(
+        "--mode",
+        choices=["paper", "eval"],
+        default=None,
+        help="paper: dropout + each image's own statistics; eval: running statistics, no "
+        "dropout (default: the model's eval.inference_mode)",
+    )
+    p.add_argument(
         "--train-mode",
-        action="store_true",
-        help="keep dropout and batch statistics on (the paper's test-time noise)",
+        dest="mode",
+        action="store_const",
+        const="paper",
+        help=argparse.SUPPRESS,  # the older spelling of --mode paper
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if any")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (eval)")
-    p.add_argument("--seed", type=int, default=None, help="seed for --train-mode dropout")
+    p.add_argument(
+        "--seed", type=int, default=None, help="paper mode: dropout seed per image (default 0)"
+    )
     p.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable images (listed), exit code 1"
     )
@@ -50,7 +67,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from p2p.data.images import is_image_file, open_image
     from p2p.errors import DataError, P2PError
-    from p2p.inference import geometry, translate
+    from p2p.inference import DEFAULT_SEED, geometry, mode_of, translate
 
     if args.batch_size < 1:
         raise P2PError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -61,8 +78,11 @@ def run_predict(args: argparse.Namespace) -> int:
 
     g, cfg = _load_model(args, device)
     in_nc = geometry(g, cfg)[0]
-    if args.seed is not None:
-        torch.manual_seed(args.seed)
+    mode = args.mode or mode_of(cfg)
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    logging.getLogger(__name__).info(
+        "inference mode: %s%s", mode, f" (seed {seed})" if mode == "paper" else ""
+    )
 
     done, skipped, n = 0, [], len(pairs)
     for start in range(0, n, args.batch_size):
@@ -79,7 +99,7 @@ def run_predict(args: argparse.Namespace) -> int:
                 continue
             names.append(str(src))
             dsts.append(dst)
-        outs = translate(g, images, cfg, train_mode=args.train_mode, names=names)
+        outs = translate(g, images, cfg, mode=mode, seed=seed, names=names)
         for name, img, out, dst in zip(names, images, outs, dsts, strict=True):
             _save(out, dst)
             done += 1
@@ -126,14 +146,12 @@ def _plan(inp: Path, out: Path, is_image_file) -> list[tuple[Path, Path]]:
 def _load_model(args: argparse.Namespace, device: str):
     from p2p.checkpoints import load_generator, read_generator_config
 
-    if args.checkpoint:
-        g = load_generator(args.checkpoint, device=device, eval_mode=not args.train_mode)
+    if args.checkpoint:  # translate() sets the mode
+        g = load_generator(args.checkpoint, device=device)
         return g, read_generator_config(args.checkpoint)  # None for reference files
     from p2p.registry import load_registered_generator
 
-    g, cfg = load_registered_generator(args.model, device=device)
-    g.train(args.train_mode)  # the flag decides here too, not the registered config
-    return g, cfg
+    return load_registered_generator(args.model, device=device)
 
 
 def _save(img, dst: Path) -> None:

@@ -5,12 +5,15 @@ pix2pix's key data invariant: input and target stay pixel-aligned, so every rand
 reference `resize_and_crop`: bicubic resize to load_size x load_size, a random crop_size crop,
 a random horizontal flip (p = 0.5), then [0, 255] -> [-1, 1]. Eval mode is deterministic.
 
-Modes (data.preprocess), train:
+Modes (data.preprocess), train, as the reference's get_transform:
     resize_and_crop: resize to load_size, random crop to crop_size (the paper's jitter)
     crop:            random crop to crop_size from the original size (no resize)
-    resize:          resize to crop_size (no crop)
+    resize:          resize to load_size (no crop). Set load_size = crop_size unless you mean
+                     to train at another size: the generator must take load_size (a multiple
+                     of 2**num_downs for the U-Net), e.g. load_size 256 for unet_256
     none:            keep the size, rounded to a multiple of 4 by bicubic resize (the reference)
-Eval: resize to crop_size ("none": rounded to a multiple of 4 only); never flipped.
+Eval: resize to crop_size ("none": rounded to a multiple of 4 only); never flipped. This is the
+reference's test setting too: its test options default load_size to crop_size.
 """
 
 from __future__ import annotations
@@ -54,10 +57,8 @@ class PairedTransform:
             return _to_tensor(_resize(inp, size)), _to_tensor(_resize(tgt, size))
 
         # 1) resize (shared size)
-        if mode == "resize_and_crop":
+        if mode in ("resize_and_crop", "resize"):
             size = (d.load_size, d.load_size)
-        elif mode == "resize":
-            size = (d.crop_size, d.crop_size)
         elif mode == "none":
             size = _round4(inp.size)
         else:  # "crop": original size

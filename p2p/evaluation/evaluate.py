@@ -6,22 +6,30 @@ Writes to `out_dir`:
                    and their data version, and `testset`: a key of everything that defines
                    the test set (data version, split, sample count, eval transform, eval mode).
                    Two scores are comparable exactly when their testset keys are equal.
-    samples.png    eval.num_samples rows of input | output | target
-    index.html     a results page showing the grid and the metrics
+                   `inference_mode`: the mode the scores were taken in (eval.inference_mode);
+                   `modes_val`: l1/psnr/ssim on the val split in BOTH modes (paper, eval).
+    samples.png    eval.num_samples test images spread over the split, one per row:
+                   input | output | target, labelled and upscaled (p2p.evaluation.grid)
+    index.html     a results page: model name and version, metrics with units, the grid
 
-Every file is written to a temporary name and renamed: a failed evaluation leaves the previous
-results intact. `eval.eval_mode: false` evaluates in the paper's noise mode: dropout on and
-batch statistics of each image (batch 1), as `translate(train_mode=True)`.
+Inference modes (p2p.inference): paper = dropout on and each image's own batch statistics
+(batch 1, dropout seeded per image with DEFAULT_SEED, so the scores are reproducible and
+`p2p predict` / the served model return the very images scored); eval = running statistics,
+no dropout. Every file is written to a temporary name and renamed: a failed evaluation leaves
+the previous results intact.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import html
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +39,8 @@ from p2p import __version__
 from p2p.atomic import write_bytes_atomic
 from p2p.config import ExperimentConfig
 from p2p.errors import P2PError
+from p2p.evaluation.grid import pick_rows, render_grid
+from p2p.inference import DEFAULT_SEED, MODES, check_mode, dropout_seed, inference_mode
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +98,7 @@ def evaluate_checkpoint(
     *,
     split: str = "test",
     device: str | None = None,
+    version: str | None = None,
 ) -> dict[str, Any]:
     """Score `checkpoint` on every sample of `split` once and write the results to `out_dir`.
 
@@ -98,6 +109,8 @@ def evaluate_checkpoint(
         out_dir: where metrics.json, samples.png and index.html go (created).
         split: train | val | test.
         device: where the generator runs (default: cuda if available, else cpu).
+        version: the model version shown on index.html (e.g. "models:/pix2pix/3"); default:
+            the checkpoint file name and its sha256.
 
     Returns:
         The metrics dict, as written to metrics.json.
@@ -106,73 +119,38 @@ def evaluate_checkpoint(
         P2PError: unreadable checkpoint, missing split, or a generator/data mismatch.
     """
     from p2p.checkpoints import load_generator
-    from p2p.data.dataset import make_loader
     from p2p.data.shards import read_index
-    from p2p.evaluation.metrics import OptionalMetrics, l1, psnr, ssim
+    from p2p.evaluation.metrics import OptionalMetrics
 
     t0 = time.perf_counter()
     out = Path(out_dir)
     checkpoint = Path(checkpoint)
     index = read_index(shards)
-    entry = (index.get("splits") or {}).get(split) or {}
-    n_total = int(entry.get("samples") or 0)
+    n_total = _split_samples(index, split)
     if n_total <= 0:
         raise P2PError(f"{shards}: split {split!r} has no samples to evaluate")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     g = load_generator(checkpoint, device=device, eval_mode=True)
     _check_channels(g, cfg, checkpoint)
-    noise = not cfg.eval.eval_mode
-    batch = 1 if noise else max(1, cfg.eval.batch_size)
-    # eval loader: deterministic order, ceil(N / batch) batches; the last one is padded by
-    # wrapping around to the first samples, which are dropped below (every sample once)
-    loader = make_loader(
-        shards,
-        split,
-        cfg.data,
-        batch_size=batch,
-        rank=0,
-        world_size=1,
-        train=False,
-        seed=cfg.train.seed,
-        epoch=0,
-    )
-    scorers = {"l1": l1, "psnr": psnr, "ssim": ssim}
-    sums = dict.fromkeys(scorers, 0.0)
+    mode = check_mode(cfg.eval.inference_mode, "eval.inference_mode")
     # "input as output": the score of doing nothing, when input and target have one shape
     # (super-resolution, denoising, ...). A model should beat it, not just an untrained one.
-    identity = dict.fromkeys(scorers, 0.0) if cfg.data.input_nc == cfg.data.output_nc else None
+    with_identity = cfg.data.input_nc == cfg.data.output_nc
     extra = OptionalMetrics(device)
-    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    n = 0
-    saved = {k: b.clone() for k, b in g.named_buffers()}  # noise mode updates BN stats
-    g.train(noise)
-    try:
-        with torch.no_grad():
-            for real_a, real_b in loader:
-                keep = min(real_a.shape[0], n_total - n)  # drop the wrap-around padding
-                real_a = real_a[:keep].to(device, torch.float32)
-                real_b = real_b[:keep].to(device, torch.float32)
-                if keep == 0:
-                    break
-                fake_b = g(real_a)
-                _check_shapes(fake_b, real_b, checkpoint)
-                for k, score in scorers.items():  # per-image scores, summed: exact means
-                    sums[k] += float(score(fake_b, real_b, reduction="none").sum())
-                    if identity is not None:
-                        identity[k] += float(score(real_a, real_b, reduction="none").sum())
-                if fake_b.shape[1] == 3:  # LPIPS / Inception take RGB
-                    extra.update(fake_b, real_b)
-                for i in range(real_a.shape[0]):
-                    if len(rows) < cfg.eval.num_samples:
-                        rows.append((real_a[i].cpu(), fake_b[i].cpu(), real_b[i].cpu()))
-                n += real_a.shape[0]
-    finally:
-        g.eval()
-        for k, b in g.named_buffers():
-            b.copy_(saved[k])
-    if n != n_total:
-        raise P2PError(f"{shards}: read {n} {split} samples but the index says {n_total}")
-
+    res = _score_split(
+        g, shards, split, n_total, cfg, mode, device, checkpoint,
+        rows=pick_rows(n_total, cfg.eval.num_samples), identity=with_identity, extra=extra,
+    )  # fmt: skip
+    # Both modes on val: the same weights give different images in each; this shows which
+    # mode suits the model (the test scores above use eval.inference_mode).
+    modes_val: dict[str, dict[str, float]] = {}
+    n_val = _split_samples(index, "val")
+    for m in MODES if n_val else ():
+        if split == "val" and m == mode:
+            modes_val[m] = res.means
+        else:
+            modes_val[m] = _score_split(g, shards, "val", n_val, cfg, m, device, checkpoint).means
+    n, rows = res.n, res.rows
     data_version = data_version_of(index)
     scores = extra.compute()
     unavailable = {k: r for k, r in extra.status.items() if r is not None}
@@ -183,17 +161,20 @@ def evaluate_checkpoint(
         "format": METRICS_FORMAT,
         "split": split,
         "n_samples": n,
-        **{k: v / n for k, v in sums.items()},
+        **res.means,
         **scores,
         "unavailable": unavailable,
-        "baseline_input": None if identity is None else {k: v / n for k, v in identity.items()},
+        "baseline_input": res.identity,
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "shards": str(shards),
         "data_version": data_version,
         "manifest_sha256": (index.get("data_version") or {}).get("manifest_sha256"),
         "testset": testset_key(index, split, cfg),
-        "eval_mode": cfg.eval.eval_mode,
+        "inference_mode": mode,  # the mode of the scores above
+        "eval_mode": mode == "eval",  # the same, as the older boolean
+        "seed": DEFAULT_SEED if mode == "paper" else None,  # paper mode: dropout seed per image
+        "modes_val": modes_val,  # {mode: {l1, psnr, ssim}} on the val split ({} without one)
         "params_hash": cfg.params_hash(),
         "p2p_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -202,7 +183,8 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / SAMPLES_FILE, _grid_png(rows))
     write_bytes_atomic(out / METRICS_FILE, (json.dumps(metrics, indent=2) + "\n").encode())
-    write_bytes_atomic(out / INDEX_FILE, _index_html(metrics, len(rows)).encode())
+    html_page = _index_html(metrics, len(rows), model_name=cfg.eval.model_name, version=version)
+    write_bytes_atomic(out / INDEX_FILE, html_page.encode())
     log.info(
         "evaluate: %d %s samples  l1 %.4f  psnr %.2f dB  ssim %.4f  -> %s",
         n,
@@ -232,6 +214,84 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- internals
 
 
+def _split_samples(index: dict[str, Any], split: str) -> int:
+    return int(((index.get("splits") or {}).get(split) or {}).get("samples") or 0)
+
+
+@dataclasses.dataclass
+class _SplitScores:
+    n: int
+    means: dict[str, float]  # l1, psnr, ssim
+    identity: dict[str, float] | None  # the input scored as the output
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # grid rows (input, output, target)
+
+
+def _score_split(
+    g: torch.nn.Module,
+    shards: str,
+    split: str,
+    n_total: int,
+    cfg: ExperimentConfig,
+    mode: str,
+    device: str,
+    checkpoint: Path,
+    *,
+    rows: Sequence[int] = (),
+    identity: bool = False,
+    extra: Any = None,
+) -> _SplitScores:
+    """Score every sample of `split` once in inference `mode`.
+
+    Paper mode runs one image per forward pass under `dropout_seed(g, DEFAULT_SEED)`: each
+    image is normalised with its own statistics and its dropout mask depends on the seed only,
+    so a score is reproducible and `p2p predict` / the pyfunc / ONNX give the images scored.
+    """
+    from p2p.data.dataset import make_loader
+    from p2p.evaluation.metrics import l1, psnr, ssim
+
+    paper = mode == "paper"
+    batch = 1 if paper else max(1, cfg.eval.batch_size)
+    # eval loader: deterministic order, ceil(N / batch) batches; the last one is padded by
+    # wrapping around to the first samples, which are dropped below (every sample once)
+    loader = make_loader(
+        shards, split, cfg.data, batch_size=batch, rank=0, world_size=1, train=False,
+        seed=cfg.train.seed, epoch=0,
+    )  # fmt: skip
+    scorers = {"l1": l1, "psnr": psnr, "ssim": ssim}
+    sums = dict.fromkeys(scorers, 0.0)
+    ident = dict.fromkeys(scorers, 0.0)
+    wanted, grid = set(rows), []
+    n = 0
+    with inference_mode(g, mode), torch.no_grad():
+        for real_a, real_b in loader:
+            keep = min(real_a.shape[0], n_total - n)  # drop the wrap-around padding
+            if keep <= 0:
+                break
+            real_a = real_a[:keep].to(device, torch.float32)
+            real_b = real_b[:keep].to(device, torch.float32)
+            with dropout_seed(g, DEFAULT_SEED) if paper else contextlib.nullcontext():
+                fake_b = g(real_a)
+            _check_shapes(fake_b, real_b, checkpoint)
+            for k, score in scorers.items():  # per-image scores, summed: exact means
+                sums[k] += float(score(fake_b, real_b, reduction="none").sum())
+                if identity:
+                    ident[k] += float(score(real_a, real_b, reduction="none").sum())
+            if extra is not None and fake_b.shape[1] == 3:  # LPIPS / Inception take RGB
+                extra.update(fake_b, real_b)
+            for i in range(keep):
+                if n + i in wanted:
+                    grid.append((real_a[i].cpu(), fake_b[i].cpu(), real_b[i].cpu()))
+            n += keep
+    if n != n_total:
+        raise P2PError(f"{shards}: read {n} {split} samples but the index says {n_total}")
+    return _SplitScores(
+        n=n,
+        means={k: v / n for k, v in sums.items()},
+        identity={k: v / n for k, v in ident.items()} if identity else None,
+        rows=grid,
+    )
+
+
 def _check_channels(g: torch.nn.Module, cfg: ExperimentConfig, checkpoint: Path) -> None:
     in_nc, out_nc = getattr(g, "input_nc", None), getattr(g, "output_nc", None)
     if in_nc is not None and (in_nc, out_nc) != (cfg.data.input_nc, cfg.data.output_nc):
@@ -250,61 +310,74 @@ def _check_shapes(fake: torch.Tensor, real: torch.Tensor, checkpoint: Path) -> N
 
 
 def _grid_png(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> bytes:
-    """Rows of input | output | target (RGB), 4 px gaps, as PNG bytes."""
-    from PIL import Image
-
+    """samples.png: labelled rows of input | output | target (p2p.evaluation.grid)."""
     from p2p.data.images import encode_png
-    from p2p.inference import tensor_to_image
 
-    if not rows:
-        return encode_png(Image.new("RGB", (1, 1), "white"))
-    gap = 4
-    h, w = rows[0][0].shape[-2:]
-    grid = Image.new("RGB", (3 * w + 4 * gap, len(rows) * (h + gap) + gap), "white")
-    for r, images in enumerate(rows):
-        for c, t in enumerate(images):
-            grid.paste(
-                tensor_to_image(t).convert("RGB"), (gap + c * (w + gap), gap + r * (h + gap))
-            )
-    return encode_png(grid)
+    return encode_png(render_grid(rows))
 
 
-def _index_html(m: dict[str, Any], n_rows: int) -> str:
+UNITS = {"l1": "mean |output - target| on [-1, 1]", "psnr": "dB", "ssim": "0..1"}
+UNITS.update({"lpips": "lower is better", "fid": "lower is better"})
+
+
+def _index_html(
+    m: dict[str, Any], n_rows: int, *, model_name: str, version: str | None = None
+) -> str:
     e = html.escape
+    version = version or f"{Path(m['checkpoint']).name} (sha256 {m['checkpoint_sha256'][:12]})"
+
+    def row(name: str, v: float, unit: str) -> str:
+        return f"<tr><th>{e(name)}</th><td>{v:.4f}</td><td>{e(unit)}</td></tr>"
+
     scores = [(k, m[k]) for k in ("l1", "psnr", "ssim", "lpips", "fid") if k in m]
-    rows = "".join(f"<tr><th>{e(k)}</th><td>{v:.4f}</td></tr>" for k, v in scores)
+    rows = "".join(row(k, v, UNITS[k]) for k, v in scores)
     base = m.get("baseline_input")
     if base:
-        rows += "".join(
-            f"<tr><th>{e(k)}, input as output</th><td>{base[k]:.4f}</td></tr>"
-            for k in ("l1", "psnr", "ssim")
-        )
+        rows += "".join(row(f"{k}, input as output", base[k], UNITS[k]) for k in base)
     rows += "".join(
-        f"<tr><th>{e(k)}</th><td>unavailable: {e(str(r))}</td></tr>"
+        f"<tr><th>{e(k)}</th><td colspan=2>unavailable: {e(str(r))}</td></tr>"
         for k, r in m.get("unavailable", {}).items()
+    )
+    used = " (the mode of the scores above)"
+    modes = "".join(
+        f"<tr><th>{e(mode)}{used if mode == m['inference_mode'] else ''}</th>"
+        + "".join(f"<td>{s[k]:.4f} {e(UNITS[k] if k == 'psnr' else '')}</td>" for k in s)
+        + "</tr>"
+        for mode, s in (m.get("modes_val") or {}).items()
+    )
+    modes_table = (
+        f"<h2>Inference modes on val</h2><table><tr><th>mode</th><th>l1</th><th>psnr</th>"
+        f"<th>ssim</th></tr>{modes}</table>"
+        if modes
+        else ""
     )
     info = "".join(
         f"<tr><th>{e(k)}</th><td><code>{e(str(m[k]))}</code></td></tr>"
         for k in (
             "split",
             "n_samples",
+            "inference_mode",
+            "seed",
             "checkpoint",
             "checkpoint_sha256",
             "shards",
             "data_version",
             "testset",
-            "eval_mode",
             "created",
         )
+        if k in m
     )
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>p2p evaluation</title>
+<html lang="en"><head><meta charset="utf-8"><title>p2p evaluation: {e(model_name)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
 th,td{{text-align:left;padding:2px 12px}} img{{image-rendering:pixelated;max-width:100%}}</style>
 </head><body>
-<h1>p2p evaluation: {e(m["split"])} split</h1>
-<h2>Metrics</h2><table>{rows}</table>
-<h2>Samples</h2><p>{n_rows} rows: input | output | target</p>
+<h1>{e(model_name)}: {e(m["split"])} split</h1>
+<p>model <code>{e(version)}</code>, {m["n_samples"]} {e(m["split"])} images, inference mode
+<b>{e(m["inference_mode"])}</b></p>
+<h2>Metrics</h2><table><tr><th>metric</th><th>value</th><th>unit</th></tr>{rows}</table>
+{modes_table}
+<h2>Samples</h2><p>{n_rows} test images, one per row: input | output | target</p>
 <img src="{SAMPLES_FILE}" alt="input | output | target">
 <h2>Details</h2><table>{info}</table>
 </body></html>

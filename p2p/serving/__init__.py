@@ -61,14 +61,22 @@ def input_example(cfg) -> Any:
 
 
 def signature():
-    """Input and output: a DataFrame with one string column "image" (base64)."""
+    """Input and output: a DataFrame with one string column "image" (base64); params "seed"
+    (long, default 0) and "inference_mode" (string, default "" = the version's own mode)."""
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from p2p.serving.pyfunc import COLUMN
+    from p2p.serving.pyfunc import COLUMN, PARAMS
 
     return ModelSignature(
-        inputs=Schema([ColSpec("string", COLUMN)]), outputs=Schema([ColSpec("string", COLUMN)])
+        inputs=Schema([ColSpec("string", COLUMN)]),
+        outputs=Schema([ColSpec("string", COLUMN)]),
+        params=ParamSchema(
+            [
+                ParamSpec("seed", "long", PARAMS["seed"]),
+                ParamSpec("inference_mode", "string", PARAMS["inference_mode"]),
+            ]
+        ),
     )
 
 

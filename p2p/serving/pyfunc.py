@@ -3,15 +3,23 @@
 Contract (the same in-process, through `mlflow models serve`, and for deployment teams):
 
     input:  DataFrame, column "image": base64 PNG or JPEG (optionally a `data:image/...;base64,`
-            URL), one row per image; any size, RGB or grayscale (converted to data.input_nc)
+            URL), one row per image; ANY size (sizes the network cannot take are resized to
+            the nearest multiple of its stride and the output resized back, unlike the bare
+            ONNX graph), RGB or grayscale (converted to data.input_nc)
+    params: optional; "seed" (int, default 0): the dropout seed of paper mode, applied per
+            image, so the same image and seed always give the same output (the image
+            `p2p evaluate` scored for seed 0); "inference_mode" ("paper" | "eval", default ""
+            = the mode the version records in eval.inference_mode, its `serving.inference_mode`
+            tag)
     output: DataFrame, column "image": base64 PNG of the translated image, same size as its input
 
-Over HTTP: `POST /invocations {"dataframe_split": {"columns": ["image"], "data": [["<b64>"]]}}`
-(or `{"inputs": {"image": ["<b64>", ...]}}`) answers `{"predictions": [{"image": "<b64 png>"}]}`.
+Over HTTP: `POST /invocations {"dataframe_split": {"columns": ["image"], "data": [["<b64>"]]},
+"params": {"seed": 7}}` (or `{"inputs": {"image": ["<b64>", ...]}}`) answers
+`{"predictions": [{"image": "<b64 png>"}]}`.
 
 The logged model carries the p2p checkpoint (`artifacts/generator.pt`), the resolved config
-(`artifacts/config.yaml`) and an ONNX export (`artifacts/generator.onnx`); the generator runs in
-eval mode unless the config says `eval.eval_mode: false` (the paper's noise at test time).
+(`artifacts/config.yaml`) and an ONNX export (`artifacts/generator.onnx`, see
+p2p.serving.onnx_export for its input contract).
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 COLUMN = "image"
+PARAMS = {"seed": 0, "inference_mode": ""}  # request params and their defaults (signature)
 
 
 def encode_b64_png(img) -> str:
@@ -64,9 +73,7 @@ class Pix2PixPyfunc(mlflow.pyfunc.PythonModel):
         from p2p.config import load_config
 
         self.cfg = load_config(context.artifacts["config"])
-        self.generator = load_generator(
-            context.artifacts["generator"], device="cpu", eval_mode=self.cfg.eval.eval_mode
-        )
+        self.generator = load_generator(context.artifacts["generator"], device="cpu")
 
     def predict(
         self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -75,7 +82,7 @@ class Pix2PixPyfunc(mlflow.pyfunc.PythonModel):
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
         from p2p.errors import P2PError
-        from p2p.inference import translate
+        from p2p.inference import DEFAULT_SEED, check_mode, mode_of, translate
 
         if COLUMN not in model_input.columns:
             raise MlflowException(
@@ -84,6 +91,12 @@ class Pix2PixPyfunc(mlflow.pyfunc.PythonModel):
                 error_code=INVALID_PARAMETER_VALUE,
             )
         try:
+            params = params or {}
+            mode = check_mode(
+                params.get("inference_mode") or mode_of(self.cfg), "params.inference_mode"
+            )
+            seed = params.get("seed")
+            seed = DEFAULT_SEED if seed is None else _int_param(seed, "params.seed")
             names = [f"{COLUMN}[{i}]" for i in range(len(model_input))]
             images = [
                 decode_b64_image(v, name=n, channels=self.cfg.data.input_nc)
@@ -94,7 +107,8 @@ class Pix2PixPyfunc(mlflow.pyfunc.PythonModel):
                     self.generator,
                     images,
                     self.cfg,
-                    train_mode=not self.cfg.eval.eval_mode,
+                    mode=mode,
+                    seed=seed,
                     batch_size=self.cfg.eval.batch_size,
                     names=names,
                 )
@@ -104,3 +118,14 @@ class Pix2PixPyfunc(mlflow.pyfunc.PythonModel):
         except P2PError as e:  # bad input is the caller's error: HTTP 400 with the reason
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame({COLUMN: [encode_b64_png(o) for o in outputs]}, dtype=object)
+
+
+def _int_param(v: Any, name: str) -> int:
+    from p2p.errors import P2PError
+
+    try:
+        if isinstance(v, bool) or int(v) != float(v):
+            raise ValueError
+        return int(v)
+    except (TypeError, ValueError):
+        raise P2PError(f"{name}: expected an integer, got {v!r}") from None

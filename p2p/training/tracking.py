@@ -296,20 +296,14 @@ class RunLogger:
 
 
 def sample_grid(real_a: Any, fake_b: Any, real_b: Any, max_rows: int = 8) -> Any:
-    """A PIL image with one row per sample: input | output | target.
+    """A PIL image with one row per sample: input | output | target, labelled and upscaled
+    (p2p.evaluation.grid.render_grid, the renderer of `p2p evaluate`'s samples.png).
 
     Args:
         real_a, fake_b, real_b: (B, C, H, W) tensors in [-1, 1] (C is 1 or 3).
         max_rows: at most this many samples.
     """
-    import torch
-    from PIL import Image
+    from p2p.evaluation.grid import render_grid
 
-    def rgb(x: torch.Tensor) -> torch.Tensor:
-        x = x[:max_rows].detach().float().cpu()
-        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # gray -> 3 channels
-
-    rows = torch.cat([rgb(real_a), rgb(fake_b), rgb(real_b)], dim=3)  # (N, 3, H, 3W)
-    grid = torch.cat(list(rows), dim=1)  # (3, N*H, 3W)
-    pixels = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy())
+    rows = list(zip(real_a[:max_rows], fake_b[:max_rows], real_b[:max_rows], strict=True))
+    return render_grid([[t.detach().float().cpu() for t in r] for r in rows])

@@ -135,9 +135,10 @@ def test_evaluate_writes_metrics_grid_and_page(tmp_path, shards):
     assert base["psnr"] != pytest.approx(m["psnr"])
 
     grid = Image.open(out / "samples.png")
-    # 2 rows (eval.num_samples) of input | output | target, 64 px tiles, 4 px gaps
-    assert grid.size == (3 * 64 + 4 * 4, 2 * (64 + 4) + 4)
-    first_input = np.asarray(grid)[4 : 4 + 64, 4 : 4 + 64]
+    # 2 rows (eval.num_samples) of input | output | target under a 22 px label row, 64 px
+    # tiles upscaled x4 (nearest) to 256 px, 4 px gaps
+    assert grid.size == (3 * 256 + 4 * 4, 22 + 2 * (256 + 4))
+    first_input = np.asarray(grid)[22 : 22 + 256 : 4, 4 : 4 + 256 : 4]
     expected = ((samples[0][0][0].permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte()
     np.testing.assert_array_equal(first_input, expected.numpy())
     page = (out / "index.html").read_text()

@@ -35,6 +35,7 @@ OVERRIDES = {
     "build.size": 72,
     "build.num_pairs": 20,
     "eval.model_name": NAME,
+    "eval.inference_mode": "paper",  # serve the paper's mode (TINY trains at batch 2)
 }
 
 
@@ -122,6 +123,35 @@ def test_pyfunc_round_trip(champion, pyfunc_model):
     assert np.asarray(_unb64(out["image"][1])).std() > 5  # a real image, not a flat field
 
 
+def test_registered_version_records_modes_and_pyfunc_seed(champion, pyfunc_model):
+    """Tags: the mode scored and the mode served; the pyfunc's seed param is reproducible and
+    its inference_mode param switches to eval mode."""
+    from p2p import registry
+
+    ckpt, cfg, root = champion
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        v = registry.get_version(NAME, "champion")
+    assert v.tags["eval.inference_mode"] == "paper"
+    assert v.tags["serving.inference_mode"] == "paper"
+    assert v.tags["onnx.mode"] == "paper"
+    img = _photo("chelsea", (64, 64))
+    df = pd.DataFrame({"image": [_b64(img)]})
+
+    def run(**params) -> np.ndarray:
+        out = pyfunc_model.predict(df, params=params or None)
+        return np.asarray(_unb64(out["image"][0]))
+
+    default, seed0, seed7 = run(), run(seed=0), run(seed=7)
+    np.testing.assert_array_equal(default, seed0)  # default seed 0: what evaluate scored
+    np.testing.assert_array_equal(seed7, run(seed=7))  # same seed, same image
+    assert not np.array_equal(seed0, seed7)
+    g = load_generator(ckpt)
+    np.testing.assert_array_equal(seed7, np.asarray(translate(g, [img], cfg, seed=7)[0]))
+    want_eval = np.asarray(translate(g, [img], cfg, mode="eval")[0])
+    np.testing.assert_array_equal(run(inference_mode="eval"), want_eval)
+
+
 def test_pyfunc_rejects_bad_input_by_row(pyfunc_model):
     from mlflow.exceptions import MlflowException
 
@@ -134,14 +164,25 @@ def test_pyfunc_rejects_bad_input_by_row(pyfunc_model):
 
 
 def test_registered_onnx_matches_torch(champion, tmp_path):
+    """The ONNX export serves the recorded mode (paper: each image's own statistics and the
+    seeded dropout, the pyfunc's images for the same seed), carries its input contract, and
+    refuses bad sizes clearly."""
     import mlflow
     import onnxruntime as ort
 
-    ckpt, _, _ = champion
+    from p2p.errors import P2PError
+    from p2p.inference import dropout_seed, inference_mode
+    from p2p.serving.onnx_export import read_contract, run_onnx
+
+    ckpt, cfg, _ = champion
+    assert cfg.eval.inference_mode == "paper"
     local = mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path))
-    sess = ort.InferenceSession(
-        os.path.join(local, "artifacts", "generator.onnx"), providers=["CPUExecutionProvider"]
-    )
+    onnx_file = os.path.join(local, "artifacts", "generator.onnx")
+    sess = ort.InferenceSession(onnx_file, providers=["CPUExecutionProvider"])
+    c = read_contract(onnx_file)
+    assert c["inference_mode"] == "paper" and c["size_multiple"] == "64"
+    assert (c["input_name"], c["layout"], c["input_channels"]) == ("input", "NCHW float32", "3")
+    assert c["seed_name"] == "seed"
     # a real batch at another size and batch than the export traced (2 x 64 x 64)
     imgs = [
         _photo("astronaut", (128, 192)),
@@ -151,12 +192,26 @@ def test_registered_onnx_matches_torch(champion, tmp_path):
     x = torch.stack(
         [torch.from_numpy(np.asarray(i, np.float32)).permute(2, 0, 1) / 127.5 - 1 for i in imgs]
     )
-    got = sess.run(["output"], {"input": x.numpy()})[0]
-    with torch.no_grad():
-        want = load_generator(ckpt)(x).numpy()
+    got = sess.run(["output"], {"input": x.numpy(), "seed": np.asarray(4, np.int64)})[0]
+    g = load_generator(ckpt)
+    with torch.no_grad(), inference_mode(g, "paper"):
+        outs = []
+        for xi in x.split(1):
+            with dropout_seed(g, 4):
+                outs.append(g(xi))
+        want = torch.cat(outs).numpy()
+        running = g.eval()(x).numpy()
     assert got.shape == (3, 3, 192, 128)
     np.testing.assert_allclose(got, want, atol=1e-4)
+    assert np.abs(got - running).max() > 0.01  # not the eval-mode graph
     assert want.std() > 0.05
+    # the same image and seed through the pyfunc's path (translate) and ONNX: the same pixels
+    (via_translate,) = translate(g, [imgs[0]], cfg, seed=4)
+    onnx_pixels = ((np.clip(got[0], -1, 1) + 1) * 127.5).round().astype(np.uint8)
+    diff = np.abs(onnx_pixels.transpose(1, 2, 0).astype(int) - np.asarray(via_translate, int))
+    assert diff.max() <= 1
+    with pytest.raises(P2PError, match=r"200x300 must be positive multiples of 64"):
+        run_onnx(onnx_file, np.zeros((1, 3, 200, 300), np.float32), session=sess)
 
 
 def test_onnx_export_resnet_generator(tmp_path):
@@ -272,6 +327,15 @@ def test_served_model_answers_http(champion, pyfunc_model, tmp_path):
         assert _unb64(served).size == (96, 72)
         # the same answer as the model in this process
         assert served == pyfunc_model.predict(pd.DataFrame({"image": [b64]}))["image"][0]
+        # request params over HTTP: the seed of paper mode, reproducible
+        status, body = _post(
+            f"{base}/invocations",
+            {"dataframe_split": {"columns": ["image"], "data": [[b64]]}, "params": {"seed": 7}},
+        )
+        assert status == 200, body
+        seeded = body["predictions"][0]["image"]
+        want = pyfunc_model.predict(pd.DataFrame({"image": [b64]}), params={"seed": 7})["image"][0]
+        assert seeded == want and seeded != served
 
         status, body = _post(f"{base}/invocations", {"inputs": {"image": ["@@not-base64"]}})
         assert status == 400 and "image[0]: not valid base64" in json.dumps(body)

@@ -86,7 +86,7 @@ def test_translate_matches_direct_forward_and_restores_sizes(photos, caplog):
     astro = Image.open(photos / "astronaut.png")
     chelsea = Image.open(photos / "chelsea.png")
     with caplog.at_level(logging.INFO, logger="p2p.inference"):
-        out = translate(g, [astro, chelsea, astro], cfg, names=["a", "c", "a2"])
+        out = translate(g, [astro, chelsea, astro], cfg, mode="eval", names=["a", "c", "a2"])
     assert [o.size for o in out] == [astro.size, chelsea.size, astro.size]
     assert all(o.mode == "RGB" for o in out)
     assert "c: 150x100 is not a multiple of 64; resized to 128x128" in caplog.text
@@ -98,20 +98,18 @@ def test_translate_matches_direct_forward_and_restores_sizes(photos, caplog):
     assert np.array_equal(np.asarray(out[0]), np.asarray(out[2]))  # batching does not matter
 
 
-def test_translate_train_mode_is_the_papers_noise_and_keeps_bn_stats():
+def test_translate_paper_mode_is_the_papers_noise_and_keeps_bn_stats():
     cfg = _cfg()
     g = _generator(cfg)  # num_downs 6: one dropout block
     before = {k: v.clone() for k, v in g.state_dict().items()}
     img = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
-    torch.manual_seed(0)
-    a = np.asarray(translate(g, [img], cfg, train_mode=True)[0])
-    torch.manual_seed(1)
-    b = np.asarray(translate(g, [img], cfg, train_mode=True)[0])
-    e = np.asarray(translate(g, [img], cfg)[0])
+    a = np.asarray(translate(g, [img], cfg, mode="paper", seed=0)[0])
+    b = np.asarray(translate(g, [img], cfg, mode="paper", seed=1)[0])
+    e = np.asarray(translate(g, [img], cfg, mode="eval")[0])
     assert not np.array_equal(a, b) and not np.array_equal(a, e)
     assert not g.training
     for k, v in g.state_dict().items():
-        assert torch.equal(v, before[k]), k  # running stats restored after train-mode use
+        assert torch.equal(v, before[k]), k  # running stats restored after paper-mode use
 
 
 def test_translate_gray_model_outputs_L(photos):

@@ -50,7 +50,7 @@ def test_misaligned_flip_would_be_detected():
 
 
 def test_flip_and_crop_positions_follow_rng():
-    data = DataConfig(load_size=36, crop_size=32, preprocess="resize", flip=True)
+    data = DataConfig(load_size=32, crop_size=32, preprocess="resize", flip=True)
     inp, tgt = _pair()
     base = PairedTransform(data, train=False)(inp, tgt)[0]  # resize to 32, no flip
     t = PairedTransform(data, train=True)
@@ -65,8 +65,22 @@ def test_flip_and_crop_positions_follow_rng():
             raise AssertionError("output is neither the image nor its mirror")
     assert seen["plain"] > 5 and seen["flipped"] > 5
     # no flip when data.flip is false
-    t2 = PairedTransform(DataConfig(preprocess="resize", crop_size=32, flip=False), train=True)
+    t2 = PairedTransform(
+        DataConfig(preprocess="resize", load_size=32, crop_size=32, flip=False), train=True
+    )
     assert all(torch.equal(t2(inp, tgt, random.Random(s))[0], base) for s in range(10))
+
+
+def test_resize_mode_trains_at_load_size_like_the_reference():
+    """The reference's `preprocess: resize` resizes to load_size (not crop_size) for training;
+    evaluation resizes to crop_size (the reference's test default load_size = crop_size)."""
+    data = DataConfig(load_size=36, crop_size=32, preprocess="resize", flip=False)
+    inp, tgt = _pair(50, 70)
+    x, y = PairedTransform(data, train=True)(inp, tgt, random.Random(0))
+    assert x.shape == (3, 36, 36) and (x + y).abs().max() <= TOL
+    expected = np.asarray(inp.resize((36, 36), Image.Resampling.BICUBIC), dtype=np.float32)
+    assert torch.allclose(x, torch.from_numpy(expected.transpose(2, 0, 1) / 127.5 - 1))
+    assert PairedTransform(data, train=False)(inp, tgt)[0].shape == (3, 32, 32)
 
 
 def test_crop_mode_crops_the_original_pixels():
