@@ -22,18 +22,12 @@ from p2p.models import (
 )
 from p2p.models.layers import init_weights, norm_layer
 
-# The reference key lists (dumped from the upstream networks): in the repo's tests/data, or in
-# the shared notes beside a working checkout.
-_KEY_DIRS = (
-    Path(__file__).resolve().parents[1] / "data",
-    Path(__file__).resolve().parents[3] / "shared" / "notes",
-)
+# The reference key lists, dumped from the upstream networks, live in the repo's tests/data.
+_KEY_DIR = Path(__file__).resolve().parents[1] / "data"
 
 
 def _keys_file(name: str) -> list[tuple[str, str, str]]:
-    path = next((d / name for d in _KEY_DIRS if (d / name).exists()), None)
-    if path is None:
-        pytest.skip(f"reference key list {name} not available")
+    path = _KEY_DIR / name
     return [tuple(line.split("\t")) for line in path.read_text().splitlines() if line.strip()]
 
 
