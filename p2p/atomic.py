@@ -17,14 +17,30 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux exposes it (/proc), else by the
+    classic set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> None:
     """Call `write(tmp_path)` on a temp file beside `path`, fsync it, rename it onto `path`.
-    If `write` raises, the temp file is removed and `path` is untouched."""
+    If `write` raises, the temp file is removed and `path` is untouched. The file gets the mode
+    a plain `open(path, "w")` would give it (0666 minus the umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         write(tmp)
         fd = os.open(tmp, os.O_RDONLY)
         try:
