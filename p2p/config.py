@@ -2,10 +2,12 @@
 
 params.yaml is the one file users edit. It is read once, dotted overrides
 (`--set optim.lr=1e-4`, the same spelling as `dvc exp run -S` and MLflow params)
-are applied, and the result is validated into `ExperimentConfig`. Unknown keys and
-wrongly typed values are errors that name the key. Across process boundaries (Ray
-workers, checkpoints) the config travels as `to_dict()` and comes back through
-`ExperimentConfig.from_dict()`.
+are applied, and the result is validated into `ExperimentConfig`. The params file is
+trusted as configuration but validated: an unreadable file, bad YAML, an unknown key
+(with "did you mean ..."), a wrongly typed value or a number outside its key's declared
+range (`num(...)` beside each field; floats must be finite) is a one-line ConfigError
+naming the file or key. Across process boundaries (Ray workers, checkpoints) the config
+travels as `to_dict()` and comes back through `ExperimentConfig.from_dict()`.
 
 The defaults are the paper's / reference implementation's pix2pix defaults.
 """
