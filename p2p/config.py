@@ -1,11 +1,13 @@
 """Experiment configuration: params.yaml -> frozen, typed dataclasses.
 
 params.yaml is the one file users edit. It is read once, dotted overrides
-(`--set train.lr=1e-4`, the same spelling as `dvc exp run -S` and MLflow params)
-are applied, and the result is validated into `ExperimentConfig`. Unknown keys and
-wrongly typed values are errors that name the key. Across process boundaries (Ray
-workers, checkpoints) the config travels as `to_dict()` and comes back through
-`ExperimentConfig.from_dict()`.
+(`--set optim.lr=1e-4`, the same spelling as `dvc exp run -S` and MLflow params)
+are applied, and the result is validated into `ExperimentConfig`. The params file is
+trusted as configuration but validated: an unreadable file, bad YAML, an unknown key
+(with "did you mean ..."), a wrongly typed value or a number outside its key's declared
+range (`num(...)` beside each field; floats must be finite) is a one-line ConfigError
+naming the file or key. Across process boundaries (Ray workers, checkpoints) the config
+travels as `to_dict()` and comes back through `ExperimentConfig.from_dict()`.
 
 The defaults are the paper's / reference implementation's pix2pix defaults.
 """
@@ -13,8 +15,10 @@ The defaults are the paper's / reference implementation's pix2pix defaults.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,16 +27,94 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from p2p.errors import P2PError
 
-class ConfigError(ValueError):
+
+class ConfigError(P2PError, ValueError):
     """A params file or override is invalid; the message names the key."""
+
+
+# ----------------------------------------------------------------------------- ranges
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric key: an interval (each end open or closed) or a set.
+
+    Every int/float field of the groups below declares one with `num(...)`; `_Group` checks
+    them all in one place when a group is built. Floats must also be finite (no nan/inf).
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False  # True: lo itself is not allowed
+    hi_open: bool = False
+    choices: tuple[int, ...] = ()
+
+    def __contains__(self, v: float) -> bool:
+        if self.choices:
+            return v in self.choices
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        if self.choices:
+            return " or ".join(map(str, self.choices))
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+        return f"{left}{self.lo:g}, {self.hi:g}{right}"
+
+
+def num(
+    default: float,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    one_of: tuple[int, ...] = (),
+) -> Any:
+    """A numeric field with its allowed range: `lr: float = num(2e-4, gt=0)`."""
+    rng = Range(
+        lo=gt if gt is not None else ge,
+        hi=lt if lt is not None else le,
+        lo_open=gt is not None,
+        hi_open=lt is not None,
+        choices=one_of,
+    )
+    return field(default=default, metadata={"range": rng})
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range; torch and random take it too
+
+
+class _Group:
+    """Base of the param groups: checks every declared range, then the group's own rules."""
+
+    def __post_init__(self) -> None:
+        group = _GROUP_OF.get(type(self), type(self).__name__)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            rng = f.metadata.get("range")
+            value = getattr(self, f.name)
+            if rng is not None and value not in rng:
+                raise ConfigError(f"{group}.{f.name}: {value!r} is out of range; allowed: {rng}")
+        self._check()
+
+    def _check(self) -> None:
+        """Rules across the keys of one group (after each key's own range passed)."""
 
 
 # ----------------------------------------------------------------------------- groups
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Group):
     name: str = "demo"  # dataset name: raw pairs live in data/raw/<name>
     source: str = "demo"  # `p2p data prepare` input: "demo" or a folder to import/build from
     source_format: Literal["aligned", "folders", "photos"] = "aligned"  # layout of data.source
@@ -40,131 +122,108 @@ class DataConfig:
     raw_dir: str = "data/raw/demo"  # canonical raw layout written by `p2p data import|build|demo`
     shards: str = "data/shards/demo"  # WebDataset shard dir or s3://bucket/prefix
     direction: Literal["AtoB", "BtoA"] = "AtoB"  # which side is the input (facades needs BtoA)
-    input_nc: int = 3  # input channels: 3 RGB, 1 grayscale
-    output_nc: int = 3  # output channels
-    load_size: int = 286  # resize to this before the random crop (paper: 286)
-    crop_size: int = 256  # random crop, the training resolution (paper: 256)
+    input_nc: int = num(3, one_of=(1, 3))  # input channels: 3 RGB, 1 grayscale
+    output_nc: int = num(3, one_of=(1, 3))  # output channels
+    load_size: int = num(286, ge=1)  # resize to this before the random crop (paper: 286)
+    crop_size: int = num(256, ge=1)  # random crop, the training resolution (paper: 256)
     preprocess: Literal["resize_and_crop", "crop", "resize", "none"] = "resize_and_crop"
     flip: bool = True  # random horizontal flip, the same for A and B
-    shard_max_count: int = 64  # samples per shard at most
-    shard_max_size: int = 256_000_000  # bytes per shard at most
+    shard_max_count: int = num(64, ge=1)  # samples per shard at most
+    shard_max_size: int = num(256_000_000, ge=1)  # bytes per shard at most
     image_format: Literal["png", "jpg"] = "png"  # encoding of images inside shards
-    loader_workers: int = 2  # DataLoader worker processes per training worker
-    shuffle_buffer: int = 64  # samples in the streaming shuffle buffer
+    loader_workers: int = num(2, ge=0)  # DataLoader worker processes per training worker
+    shuffle_buffer: int = num(64, ge=0)  # samples in the streaming shuffle buffer (0, 1 = off)
 
-    def __post_init__(self) -> None:
-        if self.input_nc not in (1, 3) or self.output_nc not in (1, 3):
-            raise ConfigError("data.input_nc and data.output_nc must be 1 or 3")
+    def _check(self) -> None:
         if self.preprocess == "resize_and_crop" and self.crop_size > self.load_size:
             raise ConfigError(
                 f"data.crop_size ({self.crop_size}) must be <= data.load_size ({self.load_size})"
             )
-        _positive(self, "load_size", "crop_size", "shard_max_count", "shard_max_size")
 
 
 @dataclass(frozen=True)
-class BuildConfig:
+class BuildConfig(_Group):
     """How pairs are made from plain photos (`p2p data build`, `p2p data demo`)."""
 
     task: Literal["edges", "colorize", "superres"] = "edges"  # edges->photo, gray->color, low->high
-    num_pairs: int = 240  # pairs in all splits together (crops spread over the photos)
-    size: int = 256  # side of each square pair image
-    seed: int = 0  # builds are deterministic for a given seed
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    num_pairs: int = num(240, ge=1)  # pairs in all splits together (crops spread over the photos)
+    size: int = num(256, ge=1)  # side of each square pair image
+    seed: int = num(0, ge=0, le=SEED_MAX)  # builds are deterministic for a given seed
+    val_fraction: float = num(0.1, ge=0, lt=1)
+    test_fraction: float = num(0.1, ge=0, lt=1)
 
-    def __post_init__(self) -> None:
-        _positive(self, "num_pairs", "size")
-        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1) or (
-            self.val_fraction + self.test_fraction >= 1
-        ):
+    def _check(self) -> None:
+        if self.val_fraction + self.test_fraction >= 1:
             raise ConfigError("build.val_fraction + build.test_fraction must be in [0, 1)")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Group):
     generator: Literal["unet", "resnet"] = "unet"  # U-Net (pix2pix) or ResNet (CycleGAN-style)
-    num_downs: int = 8  # U-Net depth: 8 for 256 px (unet_256), 7 for 128 px
-    resnet_blocks: int = 9  # ResNet generator: 6 or 9 blocks
-    base_channels: int = 64  # ngf in the paper: filters in the first G layer
+    num_downs: int = num(8, ge=1, le=10)  # U-Net depth: 8 for 256 px (unet_256), 7 for 128 px
+    resnet_blocks: int = num(9, ge=1)  # ResNet generator: 6 or 9 blocks
+    base_channels: int = num(64, ge=1)  # ngf in the paper: filters in the first G layer
     discriminator: Literal["basic", "n_layers", "pixel"] = "basic"  # basic = 70x70 PatchGAN
-    disc_layers: int = 3  # n_layers_D; basic is 3
-    disc_channels: int = 64  # ndf in the paper
+    disc_layers: int = num(3, ge=1)  # n_layers_D; basic is 3
+    disc_channels: int = num(64, ge=1)  # ndf in the paper
     norm: Literal["batch", "instance", "none"] = "batch"  # pix2pix uses batch norm at batch 1
     use_dropout: bool = True  # dropout 0.5 in the 3 decoder blocks next to the bottleneck
     init_type: Literal["normal", "xavier", "kaiming", "orthogonal"] = "normal"
-    init_gain: float = 0.02
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.num_downs <= 10:
-            raise ConfigError("model.num_downs must be between 1 and 10")
-        _positive(self, "base_channels", "disc_channels", "disc_layers", "resnet_blocks")
+    init_gain: float = num(0.02, gt=0)
 
 
 @dataclass(frozen=True)
-class LossConfig:
+class LossConfig(_Group):
     gan_mode: Literal["vanilla", "lsgan", "wgangp"] = "vanilla"  # vanilla = BCE on logits
-    lambda_l1: float = 100.0  # weight of the L1 term (paper: 100)
-    lambda_gp: float = 10.0  # gradient penalty weight, wgangp only
+    lambda_l1: float = num(100.0, ge=0)  # weight of the L1 term (paper: 100; 0 = GAN only)
+    lambda_gp: float = num(10.0, ge=0)  # gradient penalty weight, wgangp only
 
 
 @dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 2e-4  # Adam learning rate for G and D
-    beta1: float = 0.5
-    beta2: float = 0.999
+class OptimConfig(_Group):
+    lr: float = num(2e-4, gt=0)  # Adam learning rate for G and D
+    beta1: float = num(0.5, ge=0, lt=1)  # Adam's betas are in [0, 1)
+    beta2: float = num(0.999, ge=0, lt=1)
     lr_policy: Literal["linear", "step", "plateau", "cosine"] = "linear"
-    n_epochs: int = 100  # epochs at the initial lr
-    n_epochs_decay: int = 100  # epochs of linear decay to zero
-    lr_decay_iters: int = 50  # step policy: multiply by 0.1 every this many epochs
-
-    def __post_init__(self) -> None:
-        _positive(self, "lr")
-        if self.n_epochs < 0 or self.n_epochs_decay < 0:
-            raise ConfigError("optim.n_epochs and optim.n_epochs_decay must be >= 0")
+    n_epochs: int = num(100, ge=0)  # epochs at the initial lr
+    n_epochs_decay: int = num(100, ge=0)  # epochs of linear decay to zero
+    lr_decay_iters: int = num(50, ge=1)  # step policy: multiply by 0.1 every this many epochs
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    batch_size: int = 1  # GLOBAL batch; each of N workers gets batch_size // N
-    epochs: int = 0  # 0 = optim.n_epochs + optim.n_epochs_decay
-    steps_per_epoch: int = 0  # 0 = train samples // batch_size
-    seed: int = 0
+class TrainConfig(_Group):
+    batch_size: int = num(1, ge=1)  # GLOBAL batch; each of N workers gets batch_size // N
+    epochs: int = num(0, ge=0)  # 0 = optim.n_epochs + optim.n_epochs_decay
+    steps_per_epoch: int = num(0, ge=0)  # 0 = train samples // batch_size
+    seed: int = num(0, ge=0, le=SEED_MAX)
     run_name: str = ""  # Ray/MLflow run name; "" = derived from data + params (resumable)
     storage_path: str = "runs"  # checkpoint root: a local dir or s3://bucket/prefix
-    checkpoint_every: int = 1  # epochs between checkpoints
-    keep_checkpoints: int = 3
-    log_every: int = 10  # steps between console/MLflow metric logs
-    val_batches: int = 4  # validation batches per epoch (per rank)
+    checkpoint_every: int = num(1, ge=1)  # epochs between checkpoints
+    keep_checkpoints: int = num(3, ge=1)
+    log_every: int = num(10, ge=1)  # steps between console/MLflow metric logs
+    val_batches: int = num(4, ge=0)  # validation batches per epoch (per rank); 0 = none
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPU
     channels_last: bool = False
     compile: bool = False  # torch.compile the generator and discriminator
     experiment: str = "p2p"  # MLflow experiment name
 
-    def __post_init__(self) -> None:
-        _positive(self, "batch_size", "checkpoint_every", "keep_checkpoints", "log_every")
-
 
 @dataclass(frozen=True)
-class ResourcesConfig:
-    num_workers: int = 1  # Ray Train workers (one process per GPU, or CPU workers)
+class ResourcesConfig(_Group):
+    num_workers: int = num(1, ge=0)  # Ray Train workers (one per GPU, or CPU); 0 = local mode
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0  # used only with use_gpu
-    max_failures: int = 3  # worker failures Ray Train recovers from per run
+    cpus_per_worker: float = num(1.0, gt=0)
+    gpus_per_worker: float = num(1.0, gt=0)  # used only with use_gpu; fractions share a GPU
+    max_failures: int = num(3, ge=0)  # worker failures Ray Train recovers from per run
     address: str = ""  # "" = local Ray; "auto", "ray://host:10001" or "http://head:8265"
 
-    def __post_init__(self) -> None:
-        if self.num_workers < 0:
-            raise ConfigError("resources.num_workers must be >= 0")
-
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Group):
     metric: Literal["psnr", "ssim", "l1"] = "psnr"  # the metric of the promotion gate
-    margin: float = 0.0  # a challenger must beat the champion by more than this
-    num_samples: int = 8  # images in the sample grid
-    batch_size: int = 4
+    margin: float = num(0.0, ge=0)  # a challenger must beat the champion by more than this
+    num_samples: int = num(8, ge=1)  # images in the sample grid
+    batch_size: int = num(4, ge=1)
     model_name: str = "pix2pix"  # MLflow registered model name
     # How the generator runs at test time, in evaluate, predict and serving (p2p.inference):
     # paper = dropout on + each image's own batch statistics (the paper, the reference's test.py
@@ -191,11 +250,16 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.model.generator == "unet" and self.data.crop_size % (2**self.model.num_downs):
-            raise ConfigError(
-                f"data.crop_size ({self.data.crop_size}) must be a multiple of "
-                f"2**model.num_downs ({2**self.model.num_downs})"
-            )
+        if self.model.generator == "unet":
+            m = 2**self.model.num_downs
+            # preprocess "resize" trains at load_size (as the reference); every other mode at crop
+            sizes = ["crop_size"] + (["load_size"] if self.data.preprocess == "resize" else [])
+            for k in sizes:
+                if getattr(self.data, k) % m:
+                    raise ConfigError(
+                        f"data.{k} ({getattr(self.data, k)}) must be a multiple of "
+                        f"2**model.num_downs ({m})"
+                    )
         n = max(self.resources.num_workers, 1)
         if self.train.batch_size % n:
             raise ConfigError(
@@ -206,6 +270,11 @@ class ExperimentConfig:
             paper = self.model.norm == "batch" and self.train.batch_size // n == 1
             ev = dataclasses.replace(self.eval, inference_mode="paper" if paper else "eval")
             object.__setattr__(self, "eval", ev)
+        if self.epochs < 1:
+            raise ConfigError(
+                "train.epochs is 0 (= optim.n_epochs + optim.n_epochs_decay) and both are 0: "
+                "set train.epochs or optim.n_epochs to at least 1"
+            )
 
     # -- conversions ------------------------------------------------------------------
 
@@ -217,7 +286,7 @@ class ExperimentConfig:
         return _build(cls, _legacy_eval_mode(d), prefix="")
 
     def flat(self) -> dict[str, Any]:
-        """Dotted keys, e.g. {"train.lr": ...}: the spelling of DVC params and MLflow params."""
+        """Dotted keys, e.g. {"optim.lr": ...}: the spelling of DVC params and MLflow params."""
         return {f"{g}.{k}": v for g, sub in self.to_dict().items() for k, v in sub.items()}
 
     def params_hash(self) -> str:
@@ -226,7 +295,7 @@ class ExperimentConfig:
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def replace(self, **overrides: Any) -> ExperimentConfig:
-        """Copy with dotted overrides applied: cfg.replace(**{"train.lr": 1e-4})."""
+        """Copy with dotted overrides applied: cfg.replace(**{"optim.lr": 1e-4})."""
         return apply_overrides(self.to_dict(), overrides)
 
     @property
@@ -244,24 +313,20 @@ def load_config(
 
     Args:
         path: YAML file; None or a missing default "params.yaml" gives the built-in defaults.
-        overrides: ["train.lr=1e-4", ...] (values parsed as YAML) or {"train.lr": 1e-4}.
+        overrides: ["optim.lr=1e-4", ...] (values parsed as YAML) or {"optim.lr": 1e-4}.
     """
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         if p.exists():
-            try:
-                raw = yaml.safe_load(p.read_text()) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{p}: not valid YAML: {e}") from None
-            if not isinstance(raw, dict):
-                raise ConfigError(f"{p}: top level must be a mapping of groups")
+            raw = _read_params(p)
         elif str(path) != "params.yaml":
             raise ConfigError(f"{p}: params file not found")
     return apply_overrides(raw, parse_overrides(overrides))
 
 
 def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """["group.key=value", ...] -> {"group.key": value}; values are parsed as YAML."""
     if not overrides:
         return {}
     if isinstance(overrides, dict):
@@ -269,9 +334,16 @@ def parse_overrides(overrides: list[str] | dict[str, Any] | None) -> dict[str, A
     out: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or "." not in key:
-            raise ConfigError(f"override {item!r}: expected group.key=value, e.g. train.lr=1e-4")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+            hint = _did_you_mean(key) or "e.g. optim.lr=1e-4"
+            raise ConfigError(f"override {item!r}: expected group.key=value ({hint})")
+        try:
+            out[key] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(
+                f"override {key}: {value!r} is not a YAML value ({_why(e)})"
+            ) from None
     return out
 
 
@@ -292,6 +364,15 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> Experimen
 
 def to_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def known_keys() -> list[str]:
+    """Every dotted key of the config, e.g. "optim.lr", in declaration order."""
+    return [
+        f"{g.name}.{f.name}"
+        for g in dataclasses.fields(ExperimentConfig)
+        for f in dataclasses.fields(g.default_factory())  # type: ignore[misc]
+    ]
 
 
 # ----------------------------------------------------------------------------- internals
@@ -317,11 +398,57 @@ def _legacy_eval_mode(d: Any) -> Any:
     return {**d, "eval": ev}
 
 
-def _positive(obj: Any, *names: str) -> None:
-    group = _GROUP_OF.get(type(obj), type(obj).__name__)
-    for n in names:
-        if getattr(obj, n) <= 0:
-            raise ConfigError(f"{group}.{n} must be > 0, got {getattr(obj, n)!r}")
+def _read_params(p: Path) -> dict[str, Any]:
+    """The mapping in params file `p`; every way it can be unreadable is one ConfigError line."""
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, expected a params YAML file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {_why(e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping of groups")
+    return raw
+
+
+def _why(e: yaml.YAMLError) -> str:
+    """A YAML error as one line: the problem and where (PyYAML's own text spans lines)."""
+    problem = getattr(e, "problem", None) or type(e).__name__
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
+def _did_you_mean(key: str) -> str:
+    """'did you mean optim.lr?' for a mistyped dotted key (or group), '' when nothing is close.
+
+    The same field name in another group wins (train.lr -> optim.lr); otherwise the keys whose
+    field name, or whole dotted name, is closest in spelling (difflib).
+    """
+    keys = known_keys()
+    group, dot, leaf = key.rpartition(".")
+    if not dot:  # a bare name: a key without its group, or a mistyped group
+        leaf = key
+    exact = [k for k in keys if k.rpartition(".")[2] == leaf and k != key]
+    if exact:
+        candidates = exact
+    elif not dot:
+        groups = [f.name for f in dataclasses.fields(ExperimentConfig)]
+        candidates = difflib.get_close_matches(key, groups, n=2, cutoff=0.6)
+    else:
+        by_leaf = {}
+        for k in keys:
+            by_leaf.setdefault(k.rpartition(".")[2], []).append(k)
+        close = difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.7)
+        candidates = [k for name in close for k in by_leaf[name]]
+        candidates += difflib.get_close_matches(key, keys, n=3, cutoff=0.8)
+    unique = list(dict.fromkeys(candidates))[:3]
+    return f"did you mean {' or '.join(unique)}?" if unique else ""
 
 
 def _build(cls: type, d: Any, prefix: str) -> Any:
@@ -330,11 +457,14 @@ def _build(cls: type, d: Any, prefix: str) -> Any:
         raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
+    unknown = sorted(set(d) - names, key=str)
     if unknown:
+        key = f"{prefix}{unknown[0]}"
+        hint = _did_you_mean(key)
         raise ConfigError(
-            f"unknown key '{prefix}{unknown[0]}'"
+            f"unknown key '{key}'"
             + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            + (f"; {hint}" if hint else "")
             + f"; valid keys in {where}: {', '.join(sorted(names))}"
         )
     kwargs = {}

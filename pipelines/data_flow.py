@@ -6,12 +6,13 @@ are relative to it. Without PREFECT_API_URL it runs on Prefect's temporary local
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from prefect import flow
 
 from p2p.errors import P2PError
-from pipelines import tasks
+from pipelines import cli, tasks
 
 
 @flow(name="data_flow", log_prints=True)
@@ -48,5 +49,17 @@ def data_flow(params: str = "params.yaml", overrides: list[str] | None = None) -
     }
 
 
+# ----------------------------------------------------------------------------- command line
+
+
+def parser() -> argparse.ArgumentParser:
+    """`python -m pipelines.data_flow`: --params and --set, the parameters of data_flow."""
+    return cli.flow_parser("pipelines.data_flow", __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(parser(), data_flow, argv)
+
+
 if __name__ == "__main__":
-    data_flow()
+    raise SystemExit(main())

@@ -68,21 +68,26 @@ def build_deployment(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m pipelines.deploy", description=__doc__.splitlines()[0]
-    )
-    ap.add_argument("--name", default=DEFAULT_NAME, help=f"deployment name ({DEFAULT_NAME})")
-    ap.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule ({DEFAULT_CRON!r})")
-    ap.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="time zone of the schedule")
-    ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--address", default="", help="Ray address for training (default: local)")
-    ap.add_argument("--refresh", action="store_true", help="re-import data.source on every run")
-    ap.add_argument(
+def parser() -> argparse.ArgumentParser:
+    """`python -m pipelines.deploy`: the flow CLI's --params/--set/--address + the schedule."""
+    from pipelines import cli
+
+    p = cli.flow_parser("pipelines.deploy", __doc__, address=True)
+    p.add_argument("--name", default=DEFAULT_NAME, help=f"deployment name ({DEFAULT_NAME})")
+    p.add_argument("--cron", default=DEFAULT_CRON, help=f"cron schedule ({DEFAULT_CRON!r})")
+    p.add_argument("--timezone", default=DEFAULT_TIMEZONE, help="time zone of the schedule")
+    p.add_argument("--refresh", action="store_true", help="re-import data.source on every run")
+    p.add_argument(
         "--apply-only", action="store_true", help="create/update the deployment and exit"
     )
-    args = ap.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipelines import cli
+
+    ap = parser()
+    args = argparse.Namespace(**cli.parse(ap, argv))  # --params/--set checked here, as for flows
     if not os.environ.get("PREFECT_API_URL"):
         ap.error(
             "PREFECT_API_URL is not set: start `prefect server start` and export "
@@ -93,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cron,
         args.params,
         overrides=args.overrides,
-        address=args.address,
+        address=args.address or "",
         refresh=args.refresh,
         timezone=args.timezone,
     )

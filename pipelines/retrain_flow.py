@@ -12,11 +12,12 @@ Scheduled by pipelines/deploy.py (cron) against a Prefect server.
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 from prefect import flow
 
-from pipelines import tasks
+from pipelines import cli, tasks
 from pipelines.data_flow import data_flow
 from pipelines.training_flow import training_flow
 
@@ -66,5 +67,23 @@ def retrain_flow(
     return {"skipped": False, "data_version": md5, "data": data, "training": training}
 
 
+# ----------------------------------------------------------------------------- command line
+
+
+def parser() -> argparse.ArgumentParser:
+    """`python -m pipelines.retrain_flow`: one option per parameter of retrain_flow."""
+    p = cli.flow_parser("pipelines.retrain_flow", __doc__, address=True)
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="run data_flow first (re-import data.source) before comparing data versions",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(parser(), retrain_flow, argv)
+
+
 if __name__ == "__main__":
-    retrain_flow()
+    raise SystemExit(main())

@@ -9,6 +9,7 @@ runs of the same key cannot both train, nor overwrite each other's generator.pt.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 from prefect import flow
 
-from pipelines import tasks
+from pipelines import cli, tasks
 
 
 @flow(name="training_flow", log_prints=True)
@@ -143,5 +144,24 @@ def _is_float(v: str) -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- command line
+
+
+def parser() -> argparse.ArgumentParser:
+    """`python -m pipelines.training_flow`: one option per parameter of training_flow."""
+    p = cli.flow_parser("pipelines.training_flow", __doc__, address=True)
+    p.add_argument(
+        "--data-version",
+        help="DVC md5 of the training data (default: what the shard index of data.shards records)",
+    )
+    p.add_argument("--out-dir", default="models", help="where the generator is exported (models)")
+    p.add_argument("--reports-dir", default="reports", help="evaluation results (reports)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(parser(), training_flow, argv)
+
+
 if __name__ == "__main__":
-    training_flow()
+    raise SystemExit(main())

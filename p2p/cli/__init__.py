@@ -21,7 +21,6 @@ from p2p.cli import evaluate as evaluate_cmd
 from p2p.cli import predict as predict_cmd
 from p2p.cli import registry as registry_cmd
 from p2p.cli import train as train_cmd
-from p2p.config import ConfigError
 from p2p.errors import P2PError
 
 # The explicit command registry: one module per command group.
@@ -48,7 +47,7 @@ def common_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a param, e.g. --set train.lr=1e-4 (repeatable)",
+        help="override a param, e.g. --set optim.lr=1e-4 (repeatable)",
     )
     return p
 
@@ -74,16 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    # The user's errors (P2PError, which includes ConfigError) are one line and exit 2; any
+    # other exception is a bug and keeps its traceback.
     try:
         return int(args.func(args) or 0)
-    except (P2PError, ConfigError) as e:
-        print(f"p2p {args.command}: error: {e}", file=sys.stderr)
+    except P2PError as e:
+        print(f"p2p {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `p2p config show | head`
         return 0
     except KeyboardInterrupt:
         print(f"p2p {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def one_line(e: BaseException) -> str:
+    """An error message on one line (a message may quote multi-line text, e.g. YAML)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def load_cfg(args: argparse.Namespace):

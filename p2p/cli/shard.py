@@ -7,7 +7,12 @@ data.shards (a directory or s3://bucket/prefix) with the data.shard_max_* limits
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from p2p.data.versioning import DataVersion
 
 
 def register_data_subcommands(
@@ -83,8 +88,15 @@ def version_cmd(args: argparse.Namespace) -> int:
     v = version_dataset(args.path, remote=args.remote, repo=args.repo)
     size = f"{v.size / 1e6:.1f} MB" if v.size is not None else "? MB"
     print(f"{v.md5}  {v.path}  ({v.nfiles} files, {size}, pushed to {v.remote})")
-    print(f"git: commit {v.dvc_file} to record this version", file=sys.stderr)
+    print(f"git: record this version with: {commit_hint(v, args.repo)}", file=sys.stderr)
     return 0
+
+
+def commit_hint(v: DataVersion, repo: str = ".") -> str:
+    """The `git commit` command that records DataVersion `v`, quoted for a POSIX shell."""
+    at_repo = ["-C", repo] if repo not in ("", ".") else []
+    message = f"data: {v.path} {v.md5}"
+    return shlex.join(["git", *at_repo, "commit", "-m", message, "--", v.dvc_file])
 
 
 def pull_cmd(args: argparse.Namespace) -> int:
