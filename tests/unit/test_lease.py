@@ -94,8 +94,8 @@ def test_racing_drivers_one_wins(storage):
             barrier.wait()
             try:
                 won.append(lease.acquire())
-            except Exception as e:  # LeaseHeld expected; anything else fails the count
-                lost.append(e)
+            except Exception as err:  # LeaseHeld expected; anything else fails the count
+                lost.append(err)
 
         threads = [threading.Thread(target=go) for _ in range(8)]
         for t in threads:
