@@ -19,6 +19,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -35,7 +36,6 @@ EPOCHS = 3
 BATCH = 4  # global: 2 per worker
 REPO = Path(__file__).resolve().parents[2]
 SECRET = f"p2p-marker-secret-{uuid.uuid4().hex}"  # the S3 secret key (moto accepts any)
-LOCAL_RAY_TMP = Path(tempfile.mkdtemp(prefix="p2p-rt-", dir="/tmp"))  # the CLI's local Ray
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,14 @@ def cluster(s3_server):
     finally:
         c.shutdown()
         os.environ["AWS_SECRET_ACCESS_KEY"] = saved
+
+
+@pytest.fixture(scope="module")
+def local_ray_tmp():
+    """RAY_TMPDIR of the local Ray that `p2p train` starts (short: Ray's socket paths)."""
+    path = Path(tempfile.mkdtemp(prefix="p2p-rt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +288,9 @@ def _corrupt_copy(bucket: str, src: str, dst: str) -> str:
     return f"s3://{bucket}/{dst}/{bad[len(src) + 1 :]}"
 
 
-def test_corrupt_shard_fails_at_once_with_the_cause(killed_run, train_cfg, bucket, tmp_path):
+def test_corrupt_shard_fails_at_once_with_the_cause(
+    killed_run, train_cfg, bucket, local_ray_tmp, tmp_path
+):
     """`p2p train` with a local Ray (started by p2p, inheriting this environment) on shards
     with a corrupt shard: exit 2 after one attempt although resources.max_failures is 2, and the
     last line names the shard and the sample."""
@@ -292,7 +302,7 @@ def test_corrupt_shard_fails_at_once_with_the_cause(killed_run, train_cfg, bucke
     env = {
         **os.environ,
         "AWS_SECRET_ACCESS_KEY": SECRET,  # in this environment only: the workers inherit it
-        "RAY_TMPDIR": str(LOCAL_RAY_TMP),
+        "RAY_TMPDIR": str(local_ray_tmp),
         "PYTHONPATH": str(REPO),
     }
     env.pop("RAY_ADDRESS", None)
@@ -308,7 +318,7 @@ def test_corrupt_shard_fails_at_once_with_the_cause(killed_run, train_cfg, bucke
     assert not (tmp_path / "models").exists()
 
 
-def test_no_secret_under_the_ray_temp_dirs(killed_run, cluster, train_cfg, bucket):
+def test_no_secret_under_the_ray_temp_dirs(killed_run, cluster, bucket, local_ray_tmp):
     """After the runs above (driver joining a cluster, and a local Ray started by `p2p train`),
     the marker secret is nowhere under either Ray temp dir, nor in the S3 bucket (shards,
     checkpoints), the MLflow database and artifacts or the Prefect home of this session."""
@@ -316,11 +326,11 @@ def test_no_secret_under_the_ray_temp_dirs(killed_run, cluster, train_cfg, bucke
 
     session = Path(cluster.head_node.get_session_dir_path())
     assert (session / "logs").is_dir()
-    local_sessions = list(LOCAL_RAY_TMP.glob("ray/session_*/logs"))
-    assert local_sessions, f"no local Ray session under {LOCAL_RAY_TMP}"
+    local_sessions = list(local_ray_tmp.glob("ray/session_*/logs"))
+    assert local_sessions, f"no local Ray session under {local_ray_tmp}: run the test above"
     needle = SECRET.encode()
     tracking_dir = Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")).parent
-    for root in (session, LOCAL_RAY_TMP, tracking_dir):  # tracking_dir: MLflow db + artifacts
+    for root in (session, local_ray_tmp, tracking_dir):  # tracking_dir: MLflow db + artifacts
         for path in root.rglob("*"):
             if path.is_file() and not path.is_symlink():
                 try:
