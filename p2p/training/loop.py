@@ -50,7 +50,14 @@ import torch
 import torch.distributed as dist
 
 from p2p.config import ExperimentConfig
-from p2p.training.state import TrainState, load_state, rng_state, save_state, seed_everything
+from p2p.training.state import (
+    TrainState,
+    apply_optim_config,
+    load_state,
+    rng_state,
+    save_state,
+    seed_everything,
+)
 from p2p.training.tracking import RunLogger, sample_grid
 
 
@@ -117,6 +124,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         with checkpoint.as_directory() as ckpt_dir:
             blob = load_state(ckpt_dir, state, rank=rank, world_size=world, map_location=device)
         rng_restored = blob["rng_restored"]
+        # optim changed since (p2p train --allow-changed-params): train with the new values
+        apply_optim_config(state, blob["config"].get("optim") or {}, cfg.optim)
     if not rng_restored:  # fresh start, or a different world size: per-rank random streams
         seed_everything(t.seed + 1000 * rank + state.step)
     fault_step = int(config.get("fault_step") or 0) if checkpoint is None else 0
