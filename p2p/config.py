@@ -48,6 +48,7 @@ class DataConfig:
     flip: bool = True  # random horizontal flip, the same for A and B
     shard_max_count: int = 64  # samples per shard at most
     shard_max_size: int = 256_000_000  # bytes per shard at most
+    shard_max_member: int = 64 * 2**20  # bytes per image in a shard at most (readers reject more)
     image_format: Literal["png", "jpg"] = "png"  # encoding of images inside shards
     loader_workers: int = 2  # DataLoader worker processes per training worker
     shuffle_buffer: int = 64  # samples in the streaming shuffle buffer
@@ -59,7 +60,9 @@ class DataConfig:
             raise ConfigError(
                 f"data.crop_size ({self.crop_size}) must be <= data.load_size ({self.load_size})"
             )
-        _positive(self, "load_size", "crop_size", "shard_max_count", "shard_max_size")
+        _positive(
+            self, "load_size", "crop_size", "shard_max_count", "shard_max_size", "shard_max_member"
+        )
 
 
 @dataclass(frozen=True)

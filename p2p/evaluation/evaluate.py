@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +31,9 @@ from p2p import __version__
 from p2p.atomic import write_bytes_atomic
 from p2p.config import ExperimentConfig
 from p2p.errors import P2PError
+
+if TYPE_CHECKING:
+    from p2p.data.shards import ShardIndex
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +53,26 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def data_version_of(index: dict[str, Any]) -> str:
+def data_version_of(index: ShardIndex) -> str:
     """The data version a shard index records: the DVC md5 of the raw data when DVC tracks it
     (the same string as `version_dataset(...).md5`), else the raw manifest's sha256."""
-    dv = index.get("data_version") or {}
+    dv = index.data_version
     if dv.get("dvc_md5"):
         return str(dv["dvc_md5"])
     return f"manifest-sha256:{dv.get('manifest_sha256') or 'unknown'}"
 
 
-def testset_key(index: dict[str, Any], split: str, cfg: ExperimentConfig) -> str:
+def testset_key(index: ShardIndex, split: str, cfg: ExperimentConfig) -> str:
     """A short key of everything that defines a test set: scores with equal keys are comparable.
 
     The split's shard bytes (their sha256s: shards are deterministic), the eval transform and
     the eval mode.
     """
     d = cfg.data
-    entry = (index.get("splits") or {}).get(split) or {}
+    entry = index.splits.get(split)
     spec = {
-        "shards": [s.get("sha256") for s in entry.get("shards", [])],
-        "samples": entry.get("samples"),
+        "shards": [s.sha256 for s in entry.shards] if entry else [],
+        "samples": entry.samples if entry else None,
         "split": split,
         "input_nc": d.input_nc,
         "output_nc": d.output_nc,
@@ -114,8 +117,7 @@ def evaluate_checkpoint(
     out = Path(out_dir)
     checkpoint = Path(checkpoint)
     index = read_index(shards)
-    entry = (index.get("splits") or {}).get(split) or {}
-    n_total = int(entry.get("samples") or 0)
+    n_total = index.samples(split)
     if n_total <= 0:
         raise P2PError(f"{shards}: split {split!r} has no samples to evaluate")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -191,7 +193,7 @@ def evaluate_checkpoint(
         "checkpoint_sha256": file_sha256(checkpoint),
         "shards": str(shards),
         "data_version": data_version,
-        "manifest_sha256": (index.get("data_version") or {}).get("manifest_sha256"),
+        "manifest_sha256": index.data_version.get("manifest_sha256"),
         "testset": testset_key(index, split, cfg),
         "eval_mode": cfg.eval.eval_mode,
         "params_hash": cfg.params_hash(),
