@@ -12,6 +12,12 @@ def _loader():
     return loader
 
 
+def _shard():
+    from p2p.bench import shard
+
+    return shard
+
+
 def _train():
     from p2p.bench import train
 
@@ -21,6 +27,7 @@ def _train():
 BENCHES = {
     "loader": ("samples/s of the data loader: local shards, S3 shards, raw folder", _loader),
     "train": ("images/s and peak memory of the training step", _train),
+    "shard": ("seconds of `p2p data shard` vs `tar cf` of the same folder", _shard),
 }
 
 

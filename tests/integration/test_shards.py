@@ -231,3 +231,15 @@ def test_cli_shard(raw, tmp_path, capsys):
     assert index.params["data.shard_max_count"] == 3
     assert main(["data", "shard", "--src", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "not a p2p dataset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["a.json", "k" * 90 + ".input.png", "k" * 95 + ".json", "k" * 150])
+@pytest.mark.parametrize("size", [0, 1, 511, 1_000_000_000])
+def test_member_headers_are_tarfiles(name, size):
+    """The headers the writer builds itself are byte-for-byte tarfile's GNU headers."""
+    from p2p.data.shards import _member_header
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uid, info.gid = size, 0, 0o644, 0, 0
+    info.uname = info.gname = "p2p"
+    assert _member_header(name, size) == info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
