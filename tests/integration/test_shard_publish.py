@@ -163,3 +163,22 @@ def test_s3_staging_stays_bounded(tmp_path, s3_bucket, monkeypatch):
     assert shards >= 60 and len(seen) == 2 * shards
     assert max(seen) <= shards_mod.STAGED_MAX + 1, seen  # + the one waiting for a slot
     assert _check_set(url) == 62
+
+
+def test_local_temp_folders_of_killed_runs_are_removed(tmp_path):
+    """`.NAME.tmp-PID-HEX` beside a local output: removed when PID is gone, kept while alive."""
+    raw = make_raw(tmp_path / "raw", {"train": 4})
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    stale = tmp_path / f".shards.tmp-{int(dead.stdout)}-0123abcd"
+    live = tmp_path / f".shards.tmp-{os.getpid()}-4567cdef"
+    for d in (stale, live):
+        d.mkdir()
+        (d / "train-000000.tar").write_bytes(b"x" * 1000)
+    write_shards(raw, tmp_path / "shards", DATA)
+    assert not stale.exists() and live.exists()
+    assert read_index(tmp_path / "shards").samples("train") == 4
