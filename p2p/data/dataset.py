@@ -27,7 +27,7 @@ samples before its first position. Consequences:
 - train: every sample at most once per epoch when num_batches <= N // (batch_size * world),
   the default (the remainder is dropped, a different one each epoch thanks to the rotation);
   more batches than that wrap around into the next cycle (`loader.dataset.padded` counts them);
-  the order mixes shard order, the write-time permutation and a shuffle buffer
+  the order mixes shard order, the write-time hash order and a shuffle buffer
   (data.shuffle_buffer samples per worker); the crop/flip of position g is drawn from
   Random((seed, epoch, g)), so an epoch is fully determined by (seed, epoch, rank) and
   world size, whatever the number of loader workers (which only changes batch composition
@@ -41,7 +41,9 @@ Why not WebDataset's usual fix (resampled shards + a fixed epoch length): sampli
 with replacement repeats some samples and skips others within an epoch, cannot give an exact
 eval pass, and with few shards many workers read the same shard in parallel. The per-shard
 counts in index.json make an exact, deterministic split cheap; the price is that a worker
-streams (without decoding) the samples before its first position in its first shard.
+streams (without decoding) the samples before its first position in its first shard, and
+after its last position in its last shard: every shard is read to its end, so that its sha256,
+size and sample count are checked against index.json (`iter_tar_samples`).
 """
 
 from __future__ import annotations
