@@ -130,6 +130,7 @@ class DataConfig(_Group):
     flip: bool = True  # random horizontal flip, the same for A and B
     shard_max_count: int = num(64, ge=1)  # samples per shard at most
     shard_max_size: int = num(256_000_000, ge=1)  # bytes per shard at most
+    shard_max_member: int = num(64 * 2**20, ge=1)  # bytes per image in a shard, at most
     image_format: Literal["png", "jpg"] = "png"  # encoding of images inside shards
     loader_workers: int = num(2, ge=0)  # DataLoader worker processes per training worker
     shuffle_buffer: int = num(64, ge=0)  # samples in the streaming shuffle buffer (0, 1 = off)

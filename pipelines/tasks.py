@@ -172,7 +172,7 @@ def shard(cfg: dict[str, Any]) -> dict[str, Any]:
     index = write_shards(c.data.raw_dir, c.data.shards, c.data, progress=print)
     return {
         "shards": c.data.shards,
-        "totals": index["totals"],
+        "totals": index.totals,
         "data_version": data_version_of(index),
     }
 

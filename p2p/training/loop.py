@@ -323,14 +323,8 @@ def _steps_per_epoch(cfg: ExperimentConfig, split: str, global_batch: int) -> in
     """Train samples // global batch, from the shard index (make_loader's default)."""
     from p2p.data.shards import read_index
 
-    n = _split_count(read_index(cfg.data.shards), split)
+    n = read_index(cfg.data.shards).samples(split)
     return max(n // global_batch, 1) if n else 1
-
-
-def _split_count(index: dict[str, Any], split: str) -> int:
-    """Samples of one split in a shard index (p2p.data.shards format); 0 if absent."""
-    entry = (index.get("splits") or {}).get(split) or {}
-    return int(entry.get("samples") or sum(s["samples"] for s in entry.get("shards", [])))
 
 
 def _all_mean(x: torch.Tensor) -> torch.Tensor:
@@ -409,7 +403,7 @@ def _validate(
     from p2p.evaluation import metrics as M
     from p2p.training.state import unwrap
 
-    n_val = _split_count(read_index(cfg.data.shards), "val")
+    n_val = read_index(cfg.data.shards).samples("val")
     if cfg.train.val_batches <= 0 or n_val == 0:
         return {}
     # at most one pass over the split: a small val split is not counted twice

@@ -86,7 +86,7 @@ def data_version(shards: str, raw_dir: str | None = None) -> str | None:
         index = read_index(shards)
     except Exception:  # no index yet, unreachable store: fall back to DVC files
         index = None
-    recorded = (index or {}).get("data_version") or {}
+    recorded = index.data_version if index is not None else {}
     if recorded.get("dvc_md5"):  # DVC's hash of the raw data the shards were written from
         return str(recorded["dvc_md5"]).split(".")[0][:12]
     for md5 in (_dvc_file_md5(raw_dir), _dvc_lock_md5(shards), _dvc_lock_md5(raw_dir)):

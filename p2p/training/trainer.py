@@ -474,8 +474,7 @@ def _check_shards(cfg: ExperimentConfig) -> None:
         raise
     except Exception as e:
         raise DataError(f"{cfg.data.shards}: cannot read the shard index: {e}") from None
-    train = (index.get("splits") or {}).get("train") or {}
-    if not train.get("samples"):
+    if not index.samples("train"):
         raise DataError(f"{cfg.data.shards}: the shards hold no train samples")
 
 

@@ -114,7 +114,7 @@ def train_cfg(tmp_path_factory, bucket):
     raw = tmp_path_factory.mktemp("raw") / "demo"
     build_demo(raw, cfg.build, cfg.data)
     index = write_shards(raw, cfg.data.shards, cfg.data)
-    assert index["splits"]["train"]["samples"] == 24
+    assert index.samples("train") == 24
     return cfg
 
 
