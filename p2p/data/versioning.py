@@ -285,7 +285,7 @@ def code_changes(where: str | os.PathLike) -> list[str]:
             i += 1
     if not changed or not (top / ".dvc").is_dir():
         return changed
-    outs = ["dvc.lock"]
+    outs: list[str] = []
     try:
         for stage in stage_params(top).values():
             outs.extend(stage["outs"])
