@@ -219,8 +219,8 @@ def pipeline_stage(path: str | os.PathLike, repo: str | os.PathLike = ".") -> st
 
 def stage_params(repo: str | os.PathLike = ".") -> dict[str, dict[str, Any]]:
     """{stage: {"params": [params.yaml keys or groups], "outs": [paths], "deps": [paths]}} of
-    dvc.yaml, with
-    `${...}` resolved from params.yaml; {} without dvc.yaml."""
+    dvc.yaml, `${...}` resolved from params.yaml; {} without dvc.yaml. Outs include metrics
+    and plots."""
     root = Path(repo).resolve()
     if not (root / "dvc.yaml").is_file():
         return {}
