@@ -140,6 +140,11 @@ def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
             f"  shards       : {data['shards']} ({totals['samples']} samples in "
             f"{totals['shards']} shards)"
         )
+        if dv["dvc_file"] == "dvc.lock":
+            print(
+                "  dvc.lock     : records the stages this run ran (`dvc repro`: nothing to do); "
+                "commit it with the metrics: git add -A && git commit"
+            )
         verdict = "promoted" if training["promoted"] else "not promoted"
         reuse = " (already registered: training skipped)" if training["skipped"] else ""
         print(f"  registered   : models:/{name}/{training['version']}{reuse}")

@@ -680,29 +680,10 @@ def _dvc_md5(raw_dir: Path) -> tuple[str | None, str | None]:
     This is what DVC last recorded, which lags the files if they were changed without
     `dvc add` / `dvc repro`; `manifest_sha256` is the content.
     """
-    import yaml
+    from p2p.data.versioning import recorded_version  # the one reader of DVC's files
 
-    raw = raw_dir.resolve()
-    root = next((p for p in (raw, *raw.parents) if (p / ".dvc").is_dir()), None)
-    if root is None or raw == root:
-        return None, None
-    rel = raw.relative_to(root).as_posix()
-    try:
-        dvc_file = raw.with_name(raw.name + ".dvc")
-        if dvc_file.is_file():
-            out = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])[0]
-            if out.get("md5"):
-                return str(out["md5"]), dvc_file.relative_to(root).as_posix()
-        lock = root / "dvc.lock"
-        if lock.is_file():
-            stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
-            for stage in stages.values():
-                for out in stage.get("outs") or []:
-                    if str(out.get("path", "")).rstrip("/") == rel and out.get("md5"):
-                        return str(out["md5"]), "dvc.lock"
-    except (yaml.YAMLError, AttributeError, IndexError, TypeError) as e:
-        log.warning("could not read the DVC version of %s: %s", raw_dir, e)
-    return None, None
+    v = recorded_version(raw_dir)
+    return (v.md5, v.dvc_file) if v is not None else (None, None)
 
 
 # ----------------------------------------------------------------------------- publishing

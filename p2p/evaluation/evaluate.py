@@ -66,10 +66,9 @@ def file_sha256(path: str | Path) -> str:
 def data_version_of(index: ShardIndex) -> str:
     """The data version a shard index records: the DVC md5 of the raw data when DVC tracks it
     (the same string as `version_dataset(...).md5`), else the raw manifest's sha256."""
-    dv = index.data_version
-    if dv.get("dvc_md5"):
-        return str(dv["dvc_md5"])
-    return f"manifest-sha256:{dv.get('manifest_sha256') or 'unknown'}"
+    from p2p.data.versioning import DataVersion
+
+    return DataVersion.of_index(index).full
 
 
 def testset_key(index: ShardIndex, split: str, cfg: ExperimentConfig) -> str:

@@ -74,65 +74,27 @@ def git_commit(repo: str | Path | None = None) -> str | None:
 
 
 def data_version(shards: str, raw_dir: str | None = None) -> str | None:
-    """A short identifier of the training data, for tags and the default run name.
+    """A short identifier of the training data (`DataVersion.short`), for tags and the default
+    run name.
 
-    In order: the DVC md5 of the raw data recorded in the shard index (`data_version.dvc_md5`),
-    the md5 in `<raw_dir>.dvc`, the md5 of the shards or raw dir in dvc.lock, then the sha256 of
-    the raw manifest recorded in the index. None if nothing is found.
+    In order: DVC's md5 of the raw data the shards were cut from (their index records it), what
+    DVC records for the raw dir (its .dvc file or dvc.lock), the raw manifest's sha256 the index
+    records. None if nothing is found.
     """
+    from p2p.data.versioning import DataVersion, recorded_version
+
     try:
         from p2p.data.shards import read_index
 
-        index = read_index(shards)
-    except Exception:  # no index yet, unreachable store: fall back to DVC files
-        index = None
-    recorded = index.data_version if index is not None else {}
-    if recorded.get("dvc_md5"):  # DVC's hash of the raw data the shards were written from
-        return str(recorded["dvc_md5"]).split(".")[0][:12]
-    for md5 in (_dvc_file_md5(raw_dir), _dvc_lock_md5(shards), _dvc_lock_md5(raw_dir)):
-        if md5:
-            return md5.split(".")[0][:12]
-    if recorded.get("manifest_sha256"):  # content hash of the raw manifest (not DVC-tracked)
-        return str(recorded["manifest_sha256"])[:12]
-    return None
-
-
-def _dvc_file_md5(raw_dir: str | None) -> str | None:
-    if not raw_dir:
-        return None
-    path = Path(f"{raw_dir.rstrip('/')}.dvc")
-    return _first_md5(path, lambda d: d.get("outs", []))
-
-
-def _dvc_lock_md5(out_path: str | None) -> str | None:
-    if not out_path or "://" in out_path:
-        return None
-    want = out_path.rstrip("/")
-
-    def outs(d: dict) -> list:
-        return [
-            o
-            for stage in (d.get("stages") or {}).values()
-            for o in stage.get("outs", [])
-            if str(o.get("path", "")).rstrip("/") == want
-        ]
-
-    return _first_md5(Path("dvc.lock"), outs)
-
-
-def _first_md5(path: Path, pick) -> str | None:
-    if not path.is_file():
-        return None
-    import yaml
-
-    try:
-        d = yaml.safe_load(path.read_text()) or {}
-        for o in pick(d):
-            if o.get("md5"):
-                return str(o["md5"])
-    except (yaml.YAMLError, AttributeError, TypeError):
-        return None
-    return None
+        indexed = DataVersion.of_index(read_index(shards))
+    except Exception:  # no index yet, unreachable store: fall back to DVC's files
+        indexed = None
+    if indexed is not None and indexed.dvc_recorded:
+        return indexed.short
+    recorded = recorded_version(raw_dir) if raw_dir else None
+    if recorded is not None:
+        return recorded.short
+    return indexed.short if indexed is not None else None
 
 
 def run_tags(cfg: Any, *, run_name: str, storage_path: str, data_ver: str | None) -> dict[str, str]:
