@@ -130,8 +130,9 @@ def _fit_here(
     """Local Ray or a driver connection: TorchTrainer.fit() in this process."""
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    from p2p.training.distributed import P2PTorchConfig  # gloo/NCCL interface per worker
     from p2p.training.loop import train_loop_per_worker
 
     res = cfg.resources
@@ -186,7 +187,7 @@ def _fit_here(
             "tracking_uri": uri,
             "fault_step": int(os.environ.get(FAULT_ENV) or 0),
         },
-        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        torch_config=P2PTorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker
         ),
