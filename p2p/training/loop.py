@@ -72,7 +72,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     from p2p.models import build_discriminator, build_generator
     from p2p.training.distributed import describe_placement, gather_placement, write_placement
     from p2p.training.schedule import build_scheduler
-    from p2p.training.step import train_step
+    from p2p.training.step import resolve_autocast, train_step
 
     cfg = ExperimentConfig.from_dict(config["config"])
     t = cfg.train
@@ -83,7 +83,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     device = ray.train.torch.get_device()
     per_worker_batch = t.batch_size // world  # global batch split evenly (validated in config)
     configure_backends(device)
-    amp_dtype = torch.bfloat16 if t.precision == "bf16" else None
+    amp_dtype, note = resolve_autocast(t.precision, device)  # bf16 where native, else fp32
+    if note and rank == 0:
+        _say(note)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     placement = gather_placement()  # node IP, node rank, interface of every rank
 

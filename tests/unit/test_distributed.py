@@ -22,7 +22,7 @@ def test_loopback_ip_maps_to_lo(lister):
 
 
 def test_unknown_or_bad_ip_maps_to_none():
-    assert D.interface_for_ip("192.0.2.77") is None  # TEST-NET-1: on no interface here
+    assert D.interface_for_ip("198.51.100.77") is None  # TEST-NET-2: on no interface here
     assert D.interface_for_ip("not-an-ip") is None
 
 
@@ -46,7 +46,7 @@ def test_select_sets_both_for_nccl_and_keeps_user_values(monkeypatch):
 
 def test_select_leaves_env_alone_when_no_interface_holds_the_ip(monkeypatch):
     monkeypatch.delenv(D.GLOO_IFNAME, raising=False)
-    info = D.select_socket_ifname("gloo", node_ip="192.0.2.77")
+    info = D.select_socket_ifname("gloo", node_ip="198.51.100.77")
     assert info["interface"] is None and info["env"] == {}
     assert D.GLOO_IFNAME not in os.environ
 
