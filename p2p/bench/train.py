@@ -330,7 +330,13 @@ def _setup_impl(
         label += " +compile" + ("" if compile_mode == "default" else f"({compile_mode})")
     a, b = a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
     gan = GANLoss(cfg.loss.gan_mode).to(dev)
-    step = lambda: train_step(g, d, opt_g, opt_d, a, b, cfg, gan_loss=gan, autocast_dtype=amp)  # noqa: E731
+    graphs = compile_ and compile_mode == "reduce-overhead"
+
+    def step() -> dict[str, float]:
+        if graphs:  # one training iteration = one CUDA-graph generation (G, 3x D, backward)
+            torch.compiler.cudagraph_mark_step_begin()
+        return train_step(g, d, opt_g, opt_d, a, b, cfg, gan_loss=gan, autocast_dtype=amp)
+
     return step, sync, peak, label
 
 
