@@ -277,6 +277,7 @@ def test_worker_host_killed_mid_run_resumes_from_last_checkpoint(mh, shards):
         mh.wait_nodes(1, timeout_s=180)  # the GCS has seen the host die
         last = _registered_epoch(mh, run)  # the last checkpoint before the failure
         assert registered <= last < epochs
+        print(f"multihost: killed host 1 after checkpoint epoch {registered}; last: {last}")
         mh.start_ray(worker_host, mh.base_env)  # the host comes back
         mh.wait_nodes(2)
         rc = proc.wait(timeout=900)
@@ -288,6 +289,7 @@ def test_worker_host_killed_mid_run_resumes_from_last_checkpoint(mh, shards):
 
     # the second attempt started at the last checkpoint taken before the kill
     assert started_lines(out) == [0, last * SPE], out[-4000:]
+    print(f"multihost: attempts started at steps {started_lines(out)}")
     steps, seen = _log_steps(project)
     assert steps == list(range(1, epochs * SPE + 1))  # continuous: no gap, no repeat
     assert seen == set(range(1, epochs + 1))  # every epoch trained, none lost
