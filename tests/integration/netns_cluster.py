@@ -71,17 +71,17 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
-def namespaces() -> list[str]:
+def namespaces(prefix: str = PREFIX) -> list[str]:
     """This module's namespaces that exist now."""
     out = _ip("netns", "list", check=False).stdout
-    return [ln.split()[0] for ln in out.splitlines() if ln.startswith(f"{PREFIX}-")]
+    return [ln.split()[0] for ln in out.splitlines() if ln.startswith(f"{prefix}-")]
 
 
-def links() -> list[str]:
+def links(prefix: str = PREFIX) -> list[str]:
     """This module's interfaces in the root namespace."""
     out = _ip("-o", "link", "show", check=False).stdout
     names = (ln.split(":")[1].strip().split("@")[0] for ln in out.splitlines() if ":" in ln)
-    return [n for n in names if n.startswith(f"{PREFIX}-")]
+    return [n for n in names if n.startswith(f"{prefix}-")]
 
 
 def namespace_pids(ns: str) -> list[int]:
@@ -115,12 +115,12 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def cleanup_leftovers() -> list[str]:
+def cleanup_leftovers(prefix: str = PREFIX, state_file: Path = STATE_FILE) -> list[str]:
     """Remove what a previous (crashed) run left; returns what was removed."""
     removed = []
-    if STATE_FILE.exists():  # process groups started in the root namespace (MLflow)
+    if state_file.exists():  # process groups started in the root namespace (MLflow)
         try:
-            recorded = json.loads(STATE_FILE.read_text())
+            recorded = json.loads(state_file.read_text())
         except ValueError:
             recorded = []
         for entry in recorded:
@@ -129,20 +129,21 @@ def cleanup_leftovers() -> list[str]:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
                 removed.append(f"process {pid} ({entry['argv'][0]})")
-        STATE_FILE.unlink(missing_ok=True)
-    for ns in namespaces():
+        state_file.unlink(missing_ok=True)
+    for ns in namespaces(prefix):
         kill_namespace(ns)
         _ip("netns", "del", ns, check=False)
         removed.append(f"namespace {ns}")
     deadline = time.monotonic() + 10
-    while (left := links()) and time.monotonic() < deadline:
+    while (left := links(prefix)) and time.monotonic() < deadline:
         for link in left:  # veth ends vanish with their namespace, asynchronously
             _ip("link", "del", link, check=False)
             removed.append(f"link {link}")
         time.sleep(0.2)
-    if links():
-        raise RuntimeError(f"cannot delete interfaces {links()}")
-    shutil.rmtree(RAY_TMP, ignore_errors=True)
+    if links(prefix):
+        raise RuntimeError(f"cannot delete interfaces {links(prefix)}")
+    if prefix == PREFIX:
+        shutil.rmtree(RAY_TMP, ignore_errors=True)
     return sorted(set(removed))
 
 

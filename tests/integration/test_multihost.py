@@ -37,6 +37,8 @@ from netns_cluster import (
     REPO,
     NetnsCluster,
     cleanup_leftovers,
+    links,
+    namespaces,
     started_lines,
     unsupported_reason,
     wait_http,
@@ -66,6 +68,38 @@ TINY = [  # tiny U-Net at 32 px: the 2 shared cores run the whole cluster
     "resources.max_failures=3",
     "eval.num_samples=2",
 ]
+
+
+def test_cleanup_removes_a_crashed_runs_leftovers(tmp_path):
+    """What a killed test run leaves (a namespace with a process in it, a veth, a bridge, a
+    recorded process group in the root namespace) is gone after cleanup_leftovers. Its own
+    prefix, so a live cluster is never touched."""
+    reason = unsupported_reason()
+    if reason:
+        pytest.skip(reason)
+    prefix, state = "p2pmx", tmp_path / "state.json"
+    ns, veth, peer, bridge = f"{prefix}-0", f"{prefix}-v0", f"{prefix}-n0", f"{prefix}-br"
+    try:
+        for argv in (
+            ["netns", "add", ns],
+            ["link", "add", bridge, "type", "bridge"],
+            ["link", "add", veth, "type", "veth", "peer", "name", peer],
+            ["link", "set", veth, "master", bridge],
+            ["link", "set", peer, "netns", ns],
+        ):
+            subprocess.run(["ip", *argv], check=True, capture_output=True)
+        inside = subprocess.Popen(["ip", "netns", "exec", ns, "sleep", "300"])
+        outside = subprocess.Popen(["sleep", "301"], start_new_session=True)
+        state.write_text(json.dumps([{"pid": outside.pid, "argv": ["sleep", "301"]}]))
+        time.sleep(0.5)  # `ip netns exec` has entered the namespace and exec'd sleep
+
+        removed = cleanup_leftovers(prefix, state)
+
+        assert f"namespace {ns}" in removed and f"process {outside.pid} (sleep)" in removed
+        assert inside.wait(10) == -9 and outside.wait(10) == -9
+        assert namespaces(prefix) == [] and links(prefix) == [] and not state.exists()
+    finally:
+        cleanup_leftovers(prefix, state)
 
 
 @pytest.fixture(scope="session")
