@@ -77,8 +77,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     from p2p.data.dataset import make_loader
     from p2p.losses import GANLoss
     from p2p.models import build_discriminator, build_generator
+    from p2p.training.distributed import describe_placement, gather_placement, write_placement
     from p2p.training.schedule import build_scheduler
-    from p2p.training.step import train_step
+    from p2p.training.step import resolve_autocast, train_step
 
     cfg = ExperimentConfig.from_dict(config["config"])
     t = cfg.train
@@ -89,8 +90,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     device = ray.train.torch.get_device()
     per_worker_batch = t.batch_size // world  # global batch split evenly (validated in config)
     configure_backends(device)
-    amp_dtype = torch.bfloat16 if t.precision == "bf16" else None
+    amp_dtype, note = resolve_autocast(t.precision, device)  # bf16 where native, else fp32
+    if note and rank == 0:
+        _say(note)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    placement = gather_placement()  # node IP, node rank, interface of every rank
 
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     seed_everything(t.seed)
@@ -141,6 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             f"({per_worker_batch}/worker), {steps_per_epoch} steps/epoch, epochs "
             f"{state.epoch + 1}..{epochs}, starting at step {state.step}"
         )
+        _say(f"p2p train: {describe_placement(placement)}")
 
     def to_device(x: torch.Tensor) -> torch.Tensor:
         return x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -239,6 +244,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 ckpt = None
                 if rank == 0:
                     save_state(tmp, state, cfg, rng=rngs, metrics=metrics)
+                    write_placement(tmp, placement)  # where this attempt's ranks ran
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(
                     metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{state.epoch:04d}"

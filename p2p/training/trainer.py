@@ -224,8 +224,9 @@ def _fit_here(
     run's lease). `resumed`: (the checkpoint's step or None, the params changed since)."""
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    from p2p.training.distributed import P2PTorchConfig  # gloo/NCCL interface per worker
     from p2p.training.failures import StopOnDataError, data_error_message
     from p2p.training.loop import train_loop_per_worker
 
@@ -285,7 +286,7 @@ def _fit_here(
             "tracking_uri": None if has_password(uri) else uri,
             "fault_step": int(os.environ.get(FAULT_ENV) or 0),
         },
-        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        torch_config=P2PTorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker
         ),
