@@ -203,7 +203,7 @@ class TrainConfig(_Group):
     keep_checkpoints: int = num(3, ge=1)
     log_every: int = num(10, ge=1)  # steps between console/MLflow metric logs
     val_batches: int = num(4, ge=0)  # validation batches per epoch (per rank); 0 = none
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPU
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on GPUs and bf16 CPUs (else fp32)
     channels_last: bool = False
     compile: bool = False  # torch.compile the generator and discriminator
     experiment: str = "p2p"  # MLflow experiment name
