@@ -4,6 +4,7 @@ temp dir, an isolated Prefect home. No network, no GPU, no Docker, no cloud acco
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_TMP / 'mlflow.db'}")
 for _k in ("AWS_PROFILE", "RAY_ADDRESS", "PREFECT_API_URL"):
     os.environ.pop(_k, None)
+# The environment's commands (`p2p`, `dvc`, `ray`, `mlflow`) for subprocesses and DVC stages, as
+# in an activated venv: `make test` runs .venv/bin/python without activating it.
+_BIN = str(Path(sys.executable).parent)
+if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
 def pytest_collection_modifyitems(config, items):
