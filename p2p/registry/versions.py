@@ -182,8 +182,22 @@ def now() -> str:
 
 
 def quote(s: str) -> str:
-    """A value inside '...' of an MLflow search filter: backslashes and quotes escaped."""
-    return str(s).replace("\\", "\\\\").replace("'", "\\'")
+    """`s` as a string literal of an MLflow search filter, quotes included.
+
+    MLflow takes the text between the quotes literally (no escape sequences: a backslash is
+    a backslash, and a backslash-escaped quote never matches), so the literal uses single
+    quotes, or double quotes when `s` holds a single quote. A value holding both kinds of
+    quote cannot be written in a filter.
+
+    Raises:
+        RegistryError: `s` contains both ' and ".
+    """
+    s = str(s)
+    if "'" not in s:
+        return f"'{s}'"
+    if '"' not in s:
+        return f'"{s}"'
+    raise RegistryError(f"{s!r}: an MLflow search cannot match a value with both ' and \"")
 
 
 # ----------------------------------------------------------------------------- lookup
@@ -240,8 +254,8 @@ def find_version(name: str, *, data_version: str, params_hash: str) -> ModelVers
     c = client()
     try:
         found = c.search_model_versions(
-            f"name = '{quote(name)}' and tags.`lineage.data_version` = '{quote(data_version)}'"
-            f" and tags.`lineage.params_hash` = '{quote(params_hash)}'"
+            f"name = {quote(name)} and tags.`lineage.data_version` = {quote(data_version)}"
+            f" and tags.`lineage.params_hash` = {quote(params_hash)}"
         )
     except MlflowException:
         return None
@@ -295,7 +309,7 @@ def show(name: str | None = None) -> dict[str, Any]:
     except MlflowException as e:
         raise RegistryError(f"model {name!r}: {short(e)}") from None
     versions = sorted(
-        (info(mv) for mv in c.search_model_versions(f"name = '{quote(name)}'")),
+        (info(mv) for mv in c.search_model_versions(f"name = {quote(name)}")),
         key=lambda v: v.version,
     )
     aliases = {a: int(v) for a, v in (m.aliases or {}).items()}
