@@ -28,6 +28,7 @@ from p2p.registry.versions import (
     get_version,
     mlflow_errors,
 )
+from p2p.settings import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +223,12 @@ def _train_keys(
         return keys_lineage.train_key_tags(shards)
     except P2PError as e:
         if explicit:
-            raise RegistryError(f"--train-shards {explicit}: cannot read its keys ({e})") from None
-        log.warning("%s: training keys not recorded: %s", checkpoint, e)
-        return {"lineage.train_keys": f"unavailable: {str(e)[:200]}"}, None
+            raise RegistryError(
+                redact_uri(f"--train-shards {explicit}: cannot read its keys ({e})")
+            ) from None
+        why = redact_uri(str(e))
+        log.warning("%s: training keys not recorded: %s", checkpoint, why)
+        return {"lineage.train_keys": f"unavailable: {why[:200]}"}, None
 
 
 def _registrable(checkpoint: Path, cfg, dest: Path):
