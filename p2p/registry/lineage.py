@@ -31,8 +31,8 @@ EXAMPLES = 5  # overlapping keys quoted in a decision
 
 
 def split_keys(shards: str, split: str) -> list[str]:
-    """The sample keys of one split of a shard set (sorted): from index.json if it lists them,
-    else from the member names of the split's tars (`{key}.json`).
+    """The sample keys of one split of a shard set (sorted), from the member names of the
+    split's tars (`{key}.json`), streamed (the image bytes are skipped, not kept).
 
     Raises:
         DataError / StorageError: no index, no such split, unreadable shard.
@@ -41,9 +41,6 @@ def split_keys(shards: str, split: str) -> list[str]:
     from p2p.data.shards import read_index, shard_urls
 
     index = read_index(shards)
-    listed = ((index.get("splits") or {}).get(split) or {}).get("keys")
-    if isinstance(listed, list):
-        return sorted(str(k) for k in listed)
     keys: set[str] = set()
     for url in shard_urls(shards, split, index):
         with storage.open_url(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:

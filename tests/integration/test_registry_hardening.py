@@ -4,7 +4,6 @@ compare-and-set, the gate never judges on training data, rollback keeps the chal
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -192,18 +191,24 @@ def test_stale_lock_is_broken_and_foreign_lock_times_out(store, shards, tmp_path
 def _moved_test_into_train(shards_url: str, dst: Path) -> str:
     """An older data version of the same photos in which today's test samples were training
     samples: the raw data with the test pairs relabelled train, sharded again."""
+    import dataclasses
+
+    from p2p.data.manifest import load_manifest, write_manifest
     from p2p.data.shards import write_shards
 
     raw = Path(shards_url).parent / "raw"
     shutil.copytree(raw, dst / "raw")
-    manifest = json.loads((dst / "raw" / "manifest.json").read_text())
-    for p in manifest["pairs"]:
-        if p["split"] == "test":
-            p["split"] = "train"
-    manifest["counts"] = {
-        s: sum(p["split"] == s for p in manifest["pairs"]) for s in ("train", "val", "test")
-    }
-    (dst / "raw" / "manifest.json").write_text(json.dumps(manifest))
+    m = load_manifest(dst / "raw")
+    pairs = []
+    for p in m.entries:
+        if p.split == "test":  # paths follow from split and key: move the files too
+            moved = dataclasses.replace(p, split="train")
+            for src, to in ((p.a, moved.a), (p.b, moved.b)):
+                to.parent.mkdir(parents=True, exist_ok=True)
+                src.rename(to)
+            p = moved
+        pairs.append(p)
+    write_manifest(m.path, m.name, sorted(pairs, key=lambda p: (p.split, p.key)))
     write_shards(dst / "raw", dst / "shards", make_cfg().data)
     return str(dst / "shards")
 
