@@ -311,9 +311,9 @@ def _config_of(obj: dict[str, Any], path: Path) -> ExperimentConfig:
 
 def _bare_generator(cfg: ExperimentConfig) -> nn.Module:
     """The network of `cfg` without the (random) init: its weights are loaded right after."""
-    from p2p.models import GENERATORS
+    from p2p.architectures import generator_spec
 
-    return GENERATORS[cfg.model.generator](cfg.model, cfg.data.input_nc, cfg.data.output_nc)
+    return generator_spec(cfg.model).build(cfg.model, cfg.data.input_nc, cfg.data.output_nc)
 
 
 def _load_strict(g: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

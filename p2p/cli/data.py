@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from p2p.config import BUILD_TASK_NAMES  # the names of p2p.data.build.TASKS, read lazily
+
     p = sub.add_parser("data", help="import, build, validate and shard paired datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     bld = dsub.add_parser(
         "build", parents=[common], help="make pairs from a folder of photos (edges|colorize|...)"
     )
-    bld.add_argument("--task", choices=["edges", "colorize", "superres"], help="build.task")
+    bld.add_argument("--task", choices=BUILD_TASK_NAMES, help="build.task")
     bld.add_argument("--src", type=Path, required=True, help="folder of photos")
     bld.add_argument("--out", type=Path, required=True, help="canonical dataset dir to write")
     bld.add_argument("--num-pairs", type=int, help="build.num_pairs")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from p2p.config import ExperimentConfig
-from p2p.losses import GANLoss, gradient_penalty
+from p2p.losses import GANLoss
 
 LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g_gan", "loss_g_l1")
 
@@ -89,8 +89,7 @@ def train_step(
         loss_d_fake = gan_loss(d(fake_ab), False)  # D logits (B, 1, h, w) -> scalar
         loss_d_real = gan_loss(d(real_ab), True)
     loss_d = 0.5 * (loss_d_fake + loss_d_real)
-    if gan_loss.mode == "wgangp":
-        loss_d = loss_d + gradient_penalty(d, real_ab, fake_ab, weight=cfg.loss.lambda_gp)
+    loss_d = loss_d + gan_loss.d_penalty(d, real_ab, fake_ab, cfg)  # e.g. wgangp's GP; else 0
     loss_d.backward()
     opt_d.step()
 
