@@ -16,8 +16,8 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
+from p2p.checkpoints import unwrap
 from p2p.config import ExperimentConfig
 from p2p.losses import GANLoss
 
@@ -28,16 +28,6 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
     """Freeze (False) or unfreeze (True) every parameter of `module`."""
     for p in module.parameters():
         p.requires_grad_(flag)
-
-
-def without_ddp(module: nn.Module) -> nn.Module:
-    """The module under a DDP wrapper (also under torch.compile(DDP(net))); else `module`."""
-    if isinstance(module, DistributedDataParallel):
-        return module.module
-    inner = getattr(module, "_orig_mod", None)
-    if isinstance(inner, DistributedDataParallel):
-        return inner.module
-    return module
 
 
 def train_step(
@@ -74,7 +64,7 @@ def train_step(
         else contextlib.nullcontext()
     )
     # For the G step D runs outside DDP: its params are frozen, so there is nothing to all-reduce.
-    d_plain = without_ddp(d)
+    d_plain = unwrap(d, keep_compiled=True)
 
     with amp:
         fake_b = g(real_a)  # (B, output_nc, H, W)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from p2p import architectures
 from p2p.architectures import GeneratorSpec, size_multiple
+from p2p.checkpoints import unwrap
 from p2p.cli import build_parser
 from p2p.config import ConfigError, LossConfig, load_config
 from p2p.data.build import TASKS
@@ -130,3 +131,14 @@ def test_d_penalty_comes_from_the_gan_mode():
     got = GANLoss("wgangp").d_penalty(d, real, fake, cfg)
     torch.manual_seed(1)
     assert torch.equal(got, gradient_penalty(d, real, fake, weight=3.0))
+
+
+def test_unwrap_keep_compiled_strips_only_parallel_wrappers():
+    net = nn.Linear(2, 2)
+    compiled = torch.compile(net)  # compiles lazily: nothing runs here
+    assert unwrap(compiled) is net
+    assert unwrap(compiled, keep_compiled=True) is compiled
+    assert unwrap(nn.DataParallel(compiled), keep_compiled=True) is compiled
+    # a compile wrapper around the parallel one goes with it (torch.compile(DDP(net)) -> net)
+    assert unwrap(torch.compile(nn.DataParallel(net)), keep_compiled=True) is net
+    assert unwrap(torch.compile(nn.DataParallel(net))) is net
