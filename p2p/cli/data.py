@@ -1,4 +1,9 @@
-"""`p2p data`: import | build | demo | validate | prepare (+ shard, registered by the shards work).
+"""`p2p data ACTION`: the data commands.
+
+This module holds the commands that make a canonical raw dataset (import, build, demo), check
+one (validate) and the `prepare` stage, and registers the rest of the group: `shard`
+(p2p.cli.shard), the DVC data versions `version | pull | remote` (p2p.cli.versioning) and
+`download` (p2p.cli.download).
 
 `prepare` is the DVC stage: driven only by params (data.source, data.source_format,
 data.on_error, data.raw_dir, build.*). The others are the same operations with explicit paths.
@@ -66,11 +71,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     prep.set_defaults(func=prepare_cmd)
 
+    from p2p.cli import download
     from p2p.cli import shard as shard_cmd
+    from p2p.cli import versioning as versioning_cmd
 
     shard_cmd.register_data_subcommands(dsub, common)
-
-    from p2p.cli import download
+    versioning_cmd.register_data_subcommands(dsub, common)
 
     download.register_data_subcommand(dsub, common)
 
