@@ -1,5 +1,14 @@
 """Shared fixtures. Real components, local only: a moto S3 server over HTTP, sqlite MLflow in a
-temp dir, an isolated Prefect home. No network, no GPU, no Docker, no cloud account."""
+temp dir, an isolated Prefect home. No network, no GPU, no Docker, no cloud account.
+
+Where a test goes (the folder says how it runs; the marks follow the folders):
+
+    tests/unit         fast, in-process tests; `pytest -m "not slow"` (make test-fast) runs them.
+                       None may be marked slow (collection fails if one is).
+    tests/integration  real Ray / S3 (moto) / MLflow / Prefect / DVC, or full-size data: every
+                       test here is marked `slow` by tests/integration/conftest.py.
+    tests/gpu          needs CUDA (`gpu` mark); skipped where none is available.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +32,17 @@ for _k in ("AWS_PROFILE", "RAY_ADDRESS", "PREFECT_API_URL"):
     os.environ.pop(_k, None)
 
 
+UNIT = Path(__file__).parent / "unit"
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run only where CUDA is available (the lent GPU machine)."""
+    """No slow test in tests/unit (module docstring); `gpu` tests run only where CUDA is
+    available (the lent GPU machine)."""
+    slow_units = [i.nodeid for i in items if "slow" in i.keywords and UNIT in Path(i.path).parents]
+    if slow_units:
+        raise pytest.UsageError(
+            f"{slow_units[0]}: marked slow but in tests/unit; move it to tests/integration"
+        )
     try:
         import torch
 
