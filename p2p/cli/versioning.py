@@ -20,31 +20,32 @@ def register_data_subcommands(
     dsub: argparse._SubParsersAction, common: argparse.ArgumentParser
 ) -> None:
     """Add `version`, `pull` and `remote` to the `p2p data` group."""
+    # the options every DVC command takes: the params ones, and the repository to work in
+    dvc = argparse.ArgumentParser(add_help=False, parents=[common])
+    dvc.add_argument("--repo", default=".", help="repository root (default: .)")
+
     ver = dsub.add_parser(
-        "version", parents=[common], help="dvc add + git add the .dvc file + push; prints the md5"
+        "version", parents=[dvc], help="dvc add + git add the .dvc file + push; prints the md5"
     )
     ver.add_argument("path", help="dataset dir, e.g. data/raw/demo")
     ver.add_argument(
         "--remote", help="DVC remote (default: s3 if P2P_DVC_REMOTE_URL, else default)"
     )
-    ver.add_argument("--repo", default=".", help="repository root (default: .)")
     ver.set_defaults(func=version_cmd)
 
-    pull = dsub.add_parser("pull", parents=[common], help="fetch DVC-tracked data from a remote")
+    pull = dsub.add_parser("pull", parents=[dvc], help="fetch DVC-tracked data from a remote")
     what = pull.add_mutually_exclusive_group(required=True)
     what.add_argument("path", nargs="?", help="a tracked dataset path (its .dvc file's version)")
     what.add_argument("--all", action="store_true", help="everything the workspace tracks")
     pull.add_argument("--remote", help="DVC remote (default: as for `version`)")
-    pull.add_argument("--repo", default=".", help="repository root (default: .)")
     pull.set_defaults(func=pull_cmd)
 
     rem = dsub.add_parser(
-        "remote", parents=[common], help="show DVC remotes, or point the s3 remote at a bucket"
+        "remote", parents=[dvc], help="show DVC remotes, or point the s3 remote at a bucket"
     )
     rem.add_argument("--s3", metavar="URL", help="s3://bucket/prefix for the `s3` remote")
     rem.add_argument("--endpoint", help="S3 endpoint (default: AWS_ENDPOINT_URL; unset = AWS)")
     rem.add_argument("--default", action="store_true", help="make `s3` the default remote here")
-    rem.add_argument("--repo", default=".", help="repository root (default: .)")
     rem.set_defaults(func=remote_cmd)
 
 
