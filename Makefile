@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint format demo bench clean
+.PHONY: setup test test-fast lint format demo bench gpu-check clean
 
 # Idempotent: reinstalls only when requirements.lock or pyproject.toml change.
 setup: $(STAMP)
@@ -42,6 +42,14 @@ demo: setup
 bench: setup
 	$(BIN)/python -m p2p bench loader
 	$(BIN)/python -m p2p bench train
+
+# On a lent GPU machine: plain python3 with torch, pillow, pyyaml, numpy (no venv, Ray or MLflow).
+# GPU tests (or a built-in parity check), `p2p bench train --device cuda` eager / compiled / CUDA
+# graphs, loader workers per GPU, 1 -> 2 GPU scaling; figures appended to bench/RESULTS.md.
+# Dry run on a CPU: make gpu-check GPU_CHECK_ARGS="--device cpu --tiny --results -"
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=. python3 -m p2p.bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -167,6 +167,7 @@ class DataConfig(_Group):
     flip: bool = True  # random horizontal flip, the same for A and B
     shard_max_count: int = num(64, ge=1)  # samples per shard at most
     shard_max_size: int = num(256_000_000, ge=1)  # bytes per shard at most
+    shard_max_member: int = num(64 * 2**20, ge=1)  # bytes per image in a shard, at most
     image_format: Literal["png", "jpg"] = "png"  # encoding of images inside shards
     loader_workers: int = num(2, ge=0)  # DataLoader worker processes per training worker
     shuffle_buffer: int = num(64, ge=0)  # samples in the streaming shuffle buffer (0, 1 = off)
@@ -239,7 +240,7 @@ class TrainConfig(_Group):
     keep_checkpoints: int = num(3, ge=1)
     log_every: int = num(10, ge=1)  # steps between console/MLflow metric logs
     val_batches: int = num(4, ge=0)  # validation batches per epoch (per rank); 0 = none
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast on GPU
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on GPUs and bf16 CPUs (else fp32)
     channels_last: bool = False
     compile: bool = False  # torch.compile the generator and discriminator
     experiment: str = "p2p"  # MLflow experiment name

@@ -652,18 +652,15 @@ def check_dvc(ctx: Context) -> Check:
         return Check("dvc", SKIP, "no DVC repository", f"none at or above {ctx.cwd}")
     from dvc.repo import Repo
 
-    from p2p.data.versioning import S3_REMOTE
+    from p2p.data.versioning import default_remote_name, env_config
 
-    overrides: dict[str, Any] = {}
-    if ctx.settings.dvc_remote_url:  # the same in-memory remote p2p.data.versioning uses
-        remote = {"url": ctx.settings.dvc_remote_url}
-        if ctx.settings.s3_endpoint:
-            remote["endpointurl"] = ctx.settings.s3_endpoint
-        overrides = {"remote": {S3_REMOTE: remote}}
+    # the same in-memory remote and default rule as p2p.data.versioning
+    url = ctx.settings.dvc_remote_url
+    overrides = env_config(url, ctx.settings.s3_endpoint) if url else {}
     with Repo(str(root), config=overrides or None) as repo:
         config = repo.config
         remotes = {n: s for n, s in config.get("remote", {}).items() if s.get("url")}
-        default = S3_REMOTE if ctx.settings.dvc_remote_url else config["core"].get("remote")
+        default = default_remote_name(config, url)
         if not remotes:
             return Check(
                 "dvc", FAIL, str(root), "no DVC remote configured (set P2P_DVC_REMOTE_URL)"

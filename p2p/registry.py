@@ -177,15 +177,10 @@ def git_commit(repo: str | Path | None = None) -> tuple[str, bool]:
             )
             if sha.returncode != 0 or not sha.stdout.strip():
                 continue
-            st = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                cwd=where,
-                capture_output=True,
-                text=True,
-                timeout=10,
-            )
-            return sha.stdout.strip(), bool(st.stdout.strip())
-        except (OSError, subprocess.TimeoutExpired):
+            from p2p.data.versioning import code_changes  # what dvc.lock/outs do not count
+
+            return sha.stdout.strip(), bool(code_changes(where))
+        except (OSError, subprocess.SubprocessError):
             continue
     return "unknown", False
 

@@ -68,9 +68,29 @@ class Settings:
         )
 
     def worker_env(self) -> dict[str, str]:
-        """Variables Ray workers on other nodes need (passed via runtime_env, never logged)."""
-        names = (*ENV_VARS, "AWS_SESSION_TOKEN")
-        return {k: os.environ[k] for k in names if os.environ.get(k) and k != "RAY_ADDRESS"}
+        """The settings a Ray job and its workers get through `runtime_env`: endpoints, region
+        and the MLflow URI, never a secret. Ray writes runtime envs in clear into its session
+        logs (runtime_env_agent.log), so credentials (SECRET_VARS, or a tracking URI with a
+        password) must reach each node another way: its own environment or the AWS chain
+        (instance role, a Kubernetes secret exported as env, a profile)."""
+        env = {
+            k: os.environ[k]
+            for k in ENV_VARS
+            if os.environ.get(k) and k != "RAY_ADDRESS" and k not in SECRET_VARS
+        }
+        if has_password(env.get("MLFLOW_TRACKING_URI", "")):
+            del env["MLFLOW_TRACKING_URI"]
+        return env
+
+
+def has_password(uri: str) -> bool:
+    """Whether a URI carries a password (user:password@host): then it is a secret too."""
+    from urllib.parse import urlsplit
+
+    try:
+        return bool(urlsplit(uri).password)
+    except ValueError:
+        return False
 
 
 def redact(name: str, value: str | None) -> str:

@@ -1,5 +1,8 @@
 """data_flow: prepare -> validate -> version with DVC (and push) -> shard -> the data version.
 
+When data.raw_dir is the out of the dvc.yaml stage `prepare` and the run uses params.yaml's
+values, the stages it ran (prepare, shard) are recorded in dvc.lock as `dvc repro` records them.
+
 Runs in the project directory (the git + DVC repository), like `dvc repro`: paths in params
 are relative to it. Without PREFECT_API_URL it runs on Prefect's temporary local API.
 """
@@ -28,15 +31,20 @@ def data_flow(params: str = "params.yaml", overrides: list[str] | None = None) -
          "shards": url, "totals": {...}, "counts": {split: pairs}}
     """
     cfg = tasks.load(params, overrides)
-    prepared = tasks.prepare(cfg)
+    # the dvc.yaml stages this run is (prepare, shard): recorded in dvc.lock as `dvc repro`
+    # would, so that a `dvc repro` afterwards has nothing to do
+    stages = tasks.recordable_stages(cfg, ("prepare", "shard"))
+    tasks.prepare(cfg)
     counts = tasks.validate(cfg)
-    version = tasks.version(prepared["raw_dir"])
+    version = tasks.version(cfg, in_pipeline="prepare" in stages)
     sharded = tasks.shard(cfg)
     if sharded["data_version"] != version["md5"]:  # the index records what DVC recorded
         raise P2PError(
             f"{sharded['shards']}: the shard index records data version "
             f"{sharded['data_version']}, DVC recorded {version['md5']} for {version['path']}"
         )
+    if "shard" in stages:
+        tasks.record(["shard"])
     print(
         f"data version {version['md5']}: {sum(counts.values())} pairs, "
         f"{sharded['totals']['shards']} shards in {sharded['shards']}"

@@ -151,29 +151,98 @@ def validate(cfg: dict[str, Any]) -> dict[str, int]:
 
 
 @task(name="version", cache_policy=NO_CACHE, **IO_RETRIES)
-def version(raw_dir: str) -> dict[str, Any]:
-    """DVC-version the dataset (in the repository of the working directory) and push it."""
-    from p2p.data.versioning import version_dataset
+def version(cfg: dict[str, Any], in_pipeline: bool = False) -> dict[str, Any]:
+    """DVC-version data.raw_dir (in the repository of the working directory) and push it.
 
-    v = version_dataset(raw_dir)
+    `in_pipeline`: data.raw_dir is the out of the dvc.yaml stage `prepare` and this run used
+    params.yaml's values: the version goes to dvc.lock (`dvc commit prepare`, what `dvc repro`
+    records). Otherwise `dvc add` writes `data.raw_dir.dvc`.
+    """
+    from p2p.data.versioning import commit_stages, current_version, version_dataset
+
+    raw_dir = cfg_of(cfg).data.raw_dir
+    if in_pipeline:
+        pushed = commit_stages(["prepare"])  # {path: version with the remote it went to}
+        v = current_version(raw_dir)
+        assert v is not None  # dvc.lock records it now
+        v = pushed.get(v.path, v)
+    else:
+        v = version_dataset(raw_dir)
     files = f"{v.nfiles} files, " if v.nfiles is not None else ""
     size = f"{v.size / 1e6:.1f} MB" if v.size is not None else "size unknown"
-    print(f"data version {v.md5} of {v.path} ({files}{size}) pushed to DVC remote {v.remote!r}")
+    print(f"data version {v.md5} of {v.path} ({files}{size}) in {v.dvc_file}")
     return v.to_dict()
+
+
+@task(name="record", cache_policy=NO_CACHE, **IO_RETRIES)
+def record(stages: list[str]) -> list[str]:
+    """Record dvc.yaml stages this flow ran in dvc.lock (`dvc commit`) and push their outs, so
+    that `dvc repro` afterwards has nothing to do."""
+    from p2p.data.versioning import commit_stages
+
+    commit_stages(list(stages))
+    print(f"dvc.lock records stages {', '.join(stages)}, as `dvc repro` would")
+    return list(stages)
+
+
+def recordable_stages(
+    cfg: dict[str, Any], stages: tuple[str, ...], written: dict[str, str] | None = None
+) -> list[str]:
+    """The dvc.yaml stages among `stages` that a flow run may record in dvc.lock after running
+    them itself: the run used params.yaml's values for every param the stage lists (and for
+    data.raw_dir / data.shards, its paths), its outs and deps are local, and the flow wrote the
+    paths the stage declares (`written`: stage -> path). Prints why a stage is left out.
+
+    Raises:
+        DataError: data.raw_dir is the out of stage `prepare` but this run's params differ
+            from params.yaml's: writing it would make dvc.lock lie (checked before writing).
+    """
+    from p2p.config import load_config
+    from p2p.data.versioning import stage_params
+    from p2p.errors import DataError
+
+    spec = stage_params() if Path("params.yaml").is_file() else {}
+    if not spec:
+        return []
+    run, base = cfg_of(cfg).flat(), load_config("params.yaml").flat()
+    diff = sorted(k for k in run.keys() | base.keys() if run.get(k) != base.get(k))
+    ok = []
+    for name in stages:
+        if name not in spec:
+            continue
+        keys = [*spec[name]["params"], "data.raw_dir", "data.shards"]
+        bad = [k for k in diff if any(k == p or k.startswith(p + ".") for p in keys)]
+        paths = spec[name]["outs"] + spec[name]["deps"]
+        if bad:
+            why = f"this run has {bad[0]}={run.get(bad[0])!r}, params.yaml {base.get(bad[0])!r}"
+        elif any("://" in p for p in paths):
+            why = "DVC tracks local paths only"
+        elif written and name in written and Path(written[name]).as_posix() not in paths:
+            why = f"this run wrote {written[name]}, dvc.yaml declares {spec[name]['outs']}"
+        else:
+            ok.append(name)
+            continue
+        if name == "prepare" and Path(run["data.raw_dir"]).as_posix() in spec[name]["outs"]:
+            raise DataError(
+                f"{run['data.raw_dir']}: data.raw_dir is the out of dvc.yaml stage 'prepare' "
+                f"and {why}; edit params.yaml instead of overriding, or set another data.raw_dir"
+            )
+        print(f"dvc.lock: stage {name!r} not recorded ({why})")
+    return ok
 
 
 @task(name="shard", cache_policy=NO_CACHE, **IO_RETRIES)
 def shard(cfg: dict[str, Any]) -> dict[str, Any]:
     """Write WebDataset shards (local dir or s3://) from the canonical dataset."""
     from p2p.data.shards import write_shards
-    from p2p.evaluation.evaluate import data_version_of
+    from p2p.data.versioning import DataVersion
 
     c = cfg_of(cfg)
     index = write_shards(c.data.raw_dir, c.data.shards, c.data, progress=print)
     return {
         "shards": c.data.shards,
-        "totals": index["totals"],
-        "data_version": data_version_of(index),
+        "totals": index.totals,
+        "data_version": DataVersion.of_index(index).full,
     }
 
 
@@ -265,6 +334,6 @@ def latest_data_version(cfg: dict[str, Any]) -> str | None:
 def shard_data_version(shards: str) -> str:
     """The data version a shard index records (the DVC md5 of the raw data it was cut from)."""
     from p2p.data.shards import read_index
-    from p2p.evaluation.evaluate import data_version_of
+    from p2p.data.versioning import DataVersion
 
-    return data_version_of(read_index(shards))
+    return DataVersion.of_index(read_index(shards)).full

@@ -5,6 +5,9 @@ this data with these params, training and registration are skipped (that version
 never was). One training at a time per output directory on a machine: a file lock (in the
 temp dir, keyed by the directory) is held from the registry lookup to the registration, so two
 runs of the same key cannot both train, nor overwrite each other's generator.pt.
+
+A run that trained with params.yaml's values into the paths dvc.yaml declares (models/,
+reports/) records the stages train and evaluate in dvc.lock, as `dvc repro` would.
 """
 
 from __future__ import annotations
@@ -72,6 +75,11 @@ def training_flow(
         }
         version = tasks.register(cfg, trained["generator"], metrics, lineage)
     decision = tasks.gate(cfg, version)
+    # the dvc.yaml stages this run is (train, evaluate), in dvc.lock as `dvc repro` records them
+    written = {"train": f"{out_dir}/generator.pt", "evaluate": f"{reports_dir}/metrics.json"}
+    stages = tasks.recordable_stages(cfg, ("train", "evaluate"), written)
+    if stages:
+        tasks.record(stages)
     return {
         "version": version,
         "promoted": decision["promoted"],

@@ -13,6 +13,7 @@ Where a test goes (the folder says how it runs; the marks follow the folders):
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -30,6 +31,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{_SESSION_TMP / 'mlflow.db'}")
 for _k in ("AWS_PROFILE", "RAY_ADDRESS", "PREFECT_API_URL"):
     os.environ.pop(_k, None)
+# The environment's commands (`p2p`, `dvc`, `ray`, `mlflow`) for subprocesses and DVC stages, as
+# in an activated venv: `make test` runs .venv/bin/python without activating it.
+_BIN = str(Path(sys.executable).parent)
+if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
 UNIT = Path(__file__).parent / "unit"

@@ -61,11 +61,11 @@ def run(args: argparse.Namespace) -> int:
         from p2p.data.shards import write_shards
 
         index = write_shards(raw, shards, data, progress=lambda line: None)
-        n_train = index["splits"]["train"]["samples"]
+        n_train = index.samples("train")
         print(
             f"p2p bench loader: decode + PairedTransform (286 -> 256x256 crop), batch "
             f"{args.batch_size}, {args.samples} samples per run; dataset {raw} "
-            f"({n_train} train pairs, {index['totals']['shards']} shards); "
+            f"({n_train} train pairs, {index.totals['shards']} shards); "
             f"{os.cpu_count()} CPU cores"
         )
         rows: list[tuple[str, int, float, float]] = []

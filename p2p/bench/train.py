@@ -11,6 +11,12 @@ architecture and init) and the same random batches:
   loop (`p2p.training.loop.make_optimizers` / `configure_backends`); on GPU also bf16 autocast
   and channels_last (and torch.compile with --compile).
 
+Precision (`--precision`): `auto` is the training loop's GPU path on CUDA (bf16 autocast +
+channels_last) and fp32 on CPU; `fp32` or `bf16` force one (bf16 falls back to fp32, with one
+line, where the hardware does not compute it natively: `p2p.training.step.resolve_autocast`).
+`--compile-mode reduce-overhead` is torch.compile with CUDA graphs (worth it at batch 1, where
+kernel launches dominate a GPU step).
+
 Each runs in its own process; their steps alternate (reference, p2p, reference, ...) and never
 overlap, so load from other processes hits both alike. The table gives the median and the best
 step and the median CPU seconds per step. Before timing, one step of each from identical weights
@@ -41,7 +47,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps-large", type=int, default=2, help="timed steps per impl at batch >= 8")
     p.add_argument("--scaling-only", action="store_true", help="only the 1 -> 2 worker runs")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--compile", action="store_true", help="GPU: also torch.compile G and D")
+    p.add_argument("--compile", action="store_true", help="torch.compile p2p's G and D")
+    p.add_argument(
+        "--compile-mode",
+        choices=["default", "reduce-overhead", "max-autotune"],
+        default="default",
+        help="torch.compile mode with --compile (reduce-overhead: CUDA graphs)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="p2p's step: auto = bf16 + channels_last on CUDA, fp32 on CPU",
+    )
     p.add_argument("--no-scaling", action="store_true", help="skip the 1 -> 2 worker runs")
     p.add_argument("--scaling-steps", type=int, default=8, help="steps per epoch (scaling)")
 
@@ -72,7 +90,17 @@ def run(args: argparse.Namespace) -> int:
     for dev in devices:
         for bs in sizes:
             steps = args.steps if bs < 8 else args.steps_large
-            rows.extend(bench_step(paper, dev, bs, steps, compile_=args.compile and dev == "cuda"))
+            rows.extend(
+                bench_step(
+                    paper,
+                    dev,
+                    bs,
+                    steps,
+                    compile_=args.compile,
+                    compile_mode=args.compile_mode,
+                    precision=args.precision,
+                )
+            )
     if rows:
         _print_table(rows)
     if not args.no_scaling:
@@ -121,7 +149,16 @@ def reference_step(net_g, net_d, opt_g, opt_d, real_a, real_b, lambda_l1: float 
 # ----------------------------------------------------------------------------- step bench
 
 
-def bench_step(cfg, device: str, batch: int, steps: int, *, compile_: bool = False) -> list[dict]:
+def bench_step(
+    cfg,
+    device: str,
+    batch: int,
+    steps: int,
+    *,
+    compile_: bool = False,
+    compile_mode: str = "default",
+    precision: str = "auto",
+) -> list[dict]:
     """Time `steps` alternating steps of the reference and of p2p; returns one row per impl.
 
     Each implementation runs in its own process (its own allocator settings, memory peak and
@@ -137,12 +174,14 @@ def bench_step(cfg, device: str, batch: int, steps: int, *, compile_: bool = Fal
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=_step_worker,
-                args=(child, cfg.to_dict(), device, batch, impl, compile_),
+                args=(child, cfg.to_dict(), device, batch, impl, compile_, compile_mode, precision),
                 daemon=True,
             )
             proc.start()
             procs[impl], conns[impl] = proc, parent
         first = {impl: _recv(conns[impl], procs[impl]) for impl in procs}  # warm-up losses
+        label = first["p2p"].pop("label")
+        first["reference"].pop("label")
         diff = max(abs(first["reference"][k] - first["p2p"][k]) for k in first["reference"])
         stats: dict[str, list[dict[str, float]]] = {impl: [] for impl in procs}
         for _ in range(steps):
@@ -165,7 +204,7 @@ def bench_step(cfg, device: str, batch: int, steps: int, *, compile_: bool = Fal
             {
                 "device": device,
                 "batch": batch,
-                "impl": impl + (" +compile" if compile_ and impl == "p2p" else ""),
+                "impl": label if impl == "p2p" else impl,
                 "median_s": statistics.median(wall),
                 "best_s": min(wall),
                 "cpu_s": statistics.median(x["cpu"] for x in stats[impl]),
@@ -192,14 +231,30 @@ def _recv(conn, proc) -> Any:
     return msg
 
 
-def _step_worker(conn, cfg_dict: dict, device: str, batch: int, impl: str, compile_: bool) -> None:
+def _step_worker(
+    conn,
+    cfg_dict: dict,
+    device: str,
+    batch: int,
+    impl: str,
+    compile_: bool,
+    compile_mode: str = "default",
+    precision: str = "auto",
+) -> None:
     """Child process: build one implementation, then run one step per "step" message."""
     try:
-        fn, sync, peak = _setup_impl(cfg_dict, device, batch, impl, compile_)
+        fn, sync, peak, label = _setup_impl(
+            cfg_dict, device, batch, impl, compile_, compile_mode, precision
+        )
         import torch
 
         torch.manual_seed(2)  # the same seed in both processes: same dropout masks
-        conn.send(fn())  # warm-up step; its losses are compared by the parent
+        first = fn()  # warm-up step (compiles); its losses are compared by the parent
+        if compile_ and impl == "p2p":
+            for _ in range(2):  # CUDA graphs are recorded on the 2nd-3rd call, not timed
+                fn()
+        sync()
+        conn.send({**first, "label": label})
         while conn.recv() is not None:
             c0, t0 = _cpu_seconds(), time.perf_counter()
             fn()
@@ -210,23 +265,33 @@ def _step_worker(conn, cfg_dict: dict, device: str, batch: int, impl: str, compi
         conn.send(RuntimeError(f"{impl} on {device}: {type(e).__name__}: {e}"))
 
 
-def _setup_impl(cfg_dict: dict, device: str, batch: int, impl: str, compile_: bool):
-    """(step function, device sync, peak memory in bytes) of one implementation."""
+def _setup_impl(
+    cfg_dict: dict,
+    device: str,
+    batch: int,
+    impl: str,
+    compile_: bool,
+    compile_mode: str = "default",
+    precision: str = "auto",
+):
+    """(step function, device sync, peak memory in bytes, label) of one implementation."""
     import torch
 
     from p2p.config import ExperimentConfig
     from p2p.losses import GANLoss
     from p2p.models import build_discriminator, build_generator
     from p2p.training.loop import configure_backends, make_optimizers
-    from p2p.training.step import train_step
+    from p2p.training.step import resolve_autocast, train_step
 
     cfg = ExperimentConfig.from_dict(cfg_dict)
     dev = torch.device(device)
     gpu = dev.type == "cuda"
     if impl == "p2p":
         configure_backends(dev)  # what the training loop does first
-        if gpu:  # the GPU path of the training loop
+        if precision == "auto" and gpu:  # the GPU path of the training loop
             cfg = cfg.replace(**{"train.precision": "bf16", "train.channels_last": True})
+        elif precision != "auto":
+            cfg = cfg.replace(**{"train.precision": precision, "train.channels_last": gpu})
     size, c_in, c_out = cfg.data.crop_size, cfg.data.input_nc, cfg.data.output_nc
     gen = torch.Generator().manual_seed(1)
     a = (torch.rand(batch, c_in, size, size, generator=gen) * 2 - 1).to(dev)
@@ -249,18 +314,30 @@ def _setup_impl(cfg_dict: dict, device: str, batch: int, impl: str, compile_: bo
         betas = (cfg.optim.beta1, cfg.optim.beta2)
         opt_g = torch.optim.Adam(g.parameters(), lr=cfg.optim.lr, betas=betas)
         opt_d = torch.optim.Adam(d.parameters(), lr=cfg.optim.lr, betas=betas)
-        return (lambda: reference_step(g, d, opt_g, opt_d, a, b, cfg.loss.lambda_l1)), sync, peak
+        step = lambda: reference_step(g, d, opt_g, opt_d, a, b, cfg.loss.lambda_l1)  # noqa: E731
+        return step, sync, peak, "reference"
 
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    amp = torch.bfloat16 if cfg.train.precision == "bf16" else None
+    amp, note = resolve_autocast(cfg.train.precision, dev)
+    if note:
+        print(f"bench train: {note}", flush=True)
     g, d = g.to(memory_format=fmt), d.to(memory_format=fmt)
     opt_g, opt_d = make_optimizers(g, d, cfg)
+    label = "p2p " + ("bf16" if amp is not None else "fp32")
+    label += " NHWC" if cfg.train.channels_last else ""
     if compile_:
-        g, d = torch.compile(g), torch.compile(d)
+        g, d = torch.compile(g, mode=compile_mode), torch.compile(d, mode=compile_mode)
+        label += " +compile" + ("" if compile_mode == "default" else f"({compile_mode})")
     a, b = a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
     gan = GANLoss(cfg.loss.gan_mode).to(dev)
-    step = lambda: train_step(g, d, opt_g, opt_d, a, b, cfg, gan_loss=gan, autocast_dtype=amp)  # noqa: E731
-    return step, sync, peak
+    graphs = compile_ and compile_mode == "reduce-overhead"
+
+    def step() -> dict[str, float]:
+        if graphs:  # one training iteration = one CUDA-graph generation (G, 3x D, backward)
+            torch.compiler.cudagraph_mark_step_begin()
+        return train_step(g, d, opt_g, opt_d, a, b, cfg, gan_loss=gan, autocast_dtype=amp)
+
+    return step, sync, peak, label
 
 
 def _with_library_layers(net):
@@ -294,13 +371,13 @@ def _cpu_seconds() -> float:
 
 def _print_table(rows: list[dict]) -> None:
     print()
-    head = f"{'device':6} {'batch':>5} {'impl':18} {'median s':>9} {'best s':>8} {'cpu s':>7}"
+    head = f"{'device':6} {'batch':>5} {'impl':34} {'median s':>9} {'best s':>8} {'cpu s':>7}"
     print(head + f" {'img/s':>8} {'peak MiB':>9} {'speedup':>8} {'(best)':>7}")
     for r in rows:
         sp = f"{r['speedup']:.2f}x" if "speedup" in r else ""
         spb = f"{r['speedup_best']:.2f}x" if "speedup_best" in r else ""
         print(
-            f"{r['device']:6} {r['batch']:>5} {r['impl']:18} {r['median_s']:>9.3f} "
+            f"{r['device']:6} {r['batch']:>5} {r['impl']:34} {r['median_s']:>9.3f} "
             f"{r['best_s']:>8.3f} {r['cpu_s']:>7.2f} {r['images_per_s']:>8.2f} "
             f"{r['peak_mib']:>9.0f} {sp:>8} {spb:>7}"
         )

@@ -20,6 +20,12 @@ def _import():
     return importer
 
 
+def _shard():
+    from p2p.bench import shard
+
+    return shard
+
+
 def _train():
     from p2p.bench import train
 
@@ -30,6 +36,7 @@ BENCHES = {
     "loader": ("samples/s of the data loader: local shards, S3 shards, raw folder", _loader),
     "train": ("images/s and peak memory of the training step", _train),
     "import": ("seconds to import generated pairs beside a plain PIL decode+encode", _import),
+    "shard": ("seconds of `p2p data shard` vs `tar cf` of the same folder", _shard),
 }
 
 

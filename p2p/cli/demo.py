@@ -140,6 +140,11 @@ def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
             f"  shards       : {data['shards']} ({totals['samples']} samples in "
             f"{totals['shards']} shards)"
         )
+        if dv["dvc_file"] == "dvc.lock":
+            print(
+                "  dvc.lock     : records the stages this run ran (`dvc repro`: nothing to do); "
+                "commit it with the metrics: git add -A && git commit"
+            )
         verdict = "promoted" if training["promoted"] else "not promoted"
         reuse = " (already registered: training skipped)" if training["skipped"] else ""
         print(f"  registered   : models:/{name}/{training['version']}{reuse}")
@@ -166,6 +171,8 @@ def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
     print("  sample grid  : reports/samples.png   (input | output | target)")
     print("  results page : reports/index.html")
     uri = Settings.from_env().mlflow_tracking_uri
+    if not os.environ.get("VIRTUAL_ENV"):  # `make demo` runs .venv/bin/python directly
+        print("  next         : source .venv/bin/activate   (puts p2p, mlflow and dvc on PATH)")
     print(f"  MLflow UI    : mlflow ui --backend-store-uri {uri}   (http://127.0.0.1:5000)")
     print(f"  serve        : mlflow models serve -m models:/{name}@champion --env-manager local")
     print(f"  predict      : p2p predict --model models:/{name}@champion --input IMG --output OUT")

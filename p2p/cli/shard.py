@@ -42,9 +42,9 @@ def shard_cmd(args: argparse.Namespace) -> int:
         max_size=args.max_size,
         progress=lambda line: print(line, flush=True),
     )
-    counts = ", ".join(f"{s} {v['samples']}" for s, v in index["splits"].items())
-    version = index["data_version"]
+    counts = ", ".join(f"{s} {v.samples}" for s, v in index.splits.items())
+    version = index.data_version
     print(f"samples: {counts}; data version {version['dvc_md5'] or version['manifest_sha256']}")
-    for skipped in index.get("skipped", []):
+    for skipped in index.skipped:
         print(f"skipped {skipped['file']}: {skipped['reason']}", file=sys.stderr)
     return 0

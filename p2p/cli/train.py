@@ -30,7 +30,16 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--run-name",
         default=None,
         help="Ray/MLflow run name; the same name resumes (default: train.run_name, else derived "
-        "from the data version and the params hash)",
+        "from the data version and the params hash). 1-128 characters: letters, digits, "
+        "'.', '_', '-'",
+    )
+    p.add_argument(
+        "--allow-changed-params",
+        action="store_true",
+        help="resume a run even though params that change the model (lr, batch, data...) "
+        "differ from its checkpoint's: it continues with the new values, and MLflow records "
+        "each change as a tag params_changed.<key> = 'old -> new @ step N'. Without it such a "
+        "resume is refused",
     )
     p.set_defaults(func=train_command)
 
@@ -41,7 +50,12 @@ def train_command(args: argparse.Namespace) -> int:
 
     cfg = load_cfg(args)
     result = fit(
-        cfg, shards=args.shards, out_dir=args.out, address=args.address, run_name=args.run_name
+        cfg,
+        shards=args.shards,
+        out_dir=args.out,
+        address=args.address,
+        run_name=args.run_name,
+        allow_changed_params=args.allow_changed_params,
     )
     m = result.metrics
     shown = " ".join(

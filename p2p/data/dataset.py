@@ -27,7 +27,7 @@ samples before its first position. Consequences:
 - train: every sample at most once per epoch when num_batches <= N // (batch_size * world),
   the default (the remainder is dropped, a different one each epoch thanks to the rotation);
   more batches than that wrap around into the next cycle (`loader.dataset.padded` counts them);
-  the order mixes shard order, the write-time permutation and a shuffle buffer
+  the order mixes shard order, the write-time hash order and a shuffle buffer
   (data.shuffle_buffer samples per worker); the crop/flip of position g is drawn from
   Random((seed, epoch, g)), so an epoch is fully determined by (seed, epoch, rank) and
   world size, whatever the number of loader workers (which only changes batch composition
@@ -41,12 +41,15 @@ Why not WebDataset's usual fix (resampled shards + a fixed epoch length): sampli
 with replacement repeats some samples and skips others within an epoch, cannot give an exact
 eval pass, and with few shards many workers read the same shard in parallel. The per-shard
 counts in index.json make an exact, deterministic split cheap; the price is that a worker
-streams (without decoding) the samples before its first position in its first shard.
+streams (without decoding) the samples before its first position in its first shard, and
+after its last position in its last shard: every shard is read to its end, so that its sha256,
+size and sample count are checked against index.json (`iter_tar_samples`).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import math
 import os
 import random
@@ -60,10 +63,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from p2p.config import DataConfig
 from p2p.data import storage
 from p2p.data.images import open_image
-from p2p.data.shards import read_index, shard_urls
+from p2p.data.shards import ShardInfo, read_index, shard_urls
 from p2p.data.transforms import PairedTransform
-from p2p.errors import DataError
+from p2p.errors import DataError, P2PError
 
+DEFAULT_MAX_MEMBER = DataConfig.shard_max_member
 Sample = dict[str, Any]
 
 
@@ -110,7 +114,7 @@ def make_loader(
         num_batches=num_batches,
     )
     workers = data.loader_workers if num_workers is None else num_workers
-    return DataLoader(
+    return ShardLoader(
         ds,
         batch_size=None,  # the dataset yields whole batches
         num_workers=workers,
@@ -141,7 +145,8 @@ class ShardStream(IterableDataset):
         self.url = str(shards_url)
         index = read_index(self.url)
         self.urls = shard_urls(self.url, split, index)
-        self.counts = [s["samples"] for s in index["splits"][split]["shards"]]
+        self.shards = index.split(split, self.url).shards
+        self.counts = [s.samples for s in self.shards]
         self.num_samples = sum(self.counts)
         if self.num_samples == 0:
             raise DataError(f"{self.url}: split {split!r} has no samples")
@@ -216,9 +221,22 @@ class ShardStream(IterableDataset):
 
     # -- reading ----------------------------------------------------------------------
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is None:  # the main process: errors propagate as they are
+            yield from self._batches(0, 1)
+            return
+        # A loader worker: torch would re-raise an error here in the main process as a
+        # multi-line "Caught DataError in DataLoader worker ... Original Traceback"; send it
+        # as an item instead, which ShardLoader raises as the original one-line error.
+        try:
+            yield from self._batches(info.id, info.num_workers)
+        except P2PError as e:
+            yield _WorkerError(e)
+
+    def _batches(
+        self, worker: int, num_workers: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         samples = self._read(self.positions(worker, num_workers))
         if self.train and self.data.shuffle_buffer > 1:
             rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker}:buffer")
@@ -249,21 +267,16 @@ class ShardStream(IterableDataset):
             yield from self._read_run(self.urls[run_key[1]], run)
 
     def _read_run(self, url: str, run: list[tuple[int, int]]) -> Iterator[tuple[int, str, Sample]]:
-        wanted = iter(run)
-        g, want = next(wanted)
-        count = 0
-        for i, sample in enumerate(iter_tar_samples(url)):
-            count = i + 1
-            if i == want:
+        """The samples of one shard at the run's sample numbers. The shard is read to its end
+        even past the last wanted sample, so that its sha256 and count are always verified."""
+        shard = self.shards[self.urls.index(url)]
+        by_number = {i: g for g, i in run}  # sample number in the shard -> stream position
+        for i, sample in enumerate(
+            iter_tar_samples(url, shard=shard, max_member=self.data.shard_max_member)
+        ):
+            g = by_number.get(i)
+            if g is not None:
                 yield g, url, sample
-                nxt = next(wanted, None)
-                if nxt is None:
-                    return
-                g, want = nxt
-        raise DataError(
-            f"{url}: has {count} samples, but index.json expects more than {want}; "
-            "the shards changed after the index was written (re-run `p2p data shard`)"
-        )
 
     def _decode(self, g: int, url: str, sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
         key = sample["__key__"]
@@ -296,27 +309,79 @@ def _shuffle(
     yield from buf
 
 
-def iter_tar_samples(url: str) -> Iterator[Sample]:
+class _WorkerError:
+    """An error raised in a DataLoader worker, carried to the main process as an item."""
+
+    def __init__(self, error: P2PError) -> None:
+        self.error = error
+
+
+class ShardLoader(DataLoader):
+    """DataLoader that re-raises a worker's P2PError in the main process as the same one-line
+    error (torch's own re-raise adds a multi-line worker traceback to the message)."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        for item in super().__iter__():
+            if isinstance(item, _WorkerError):
+                raise item.error
+            yield item
+
+
+class _VerifyingReader:
+    """Reads a shard for tarfile while hashing and counting its bytes; refuses to read more
+    bytes than index.json lists."""
+
+    def __init__(self, f: Any, url: str, limit: int | None) -> None:
+        self.f, self.url, self.limit = f, url, limit
+        self.sha, self.n = hashlib.sha256(), 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.f.read(size)
+        self.sha.update(data)
+        self.n += len(data)
+        if self.limit is not None and self.n > self.limit:
+            raise DataError(
+                f"{self.url}: longer than the {self.limit} bytes index.json lists; "
+                "the shards changed after the index was written (re-run `p2p data shard`)"
+            )
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+def iter_tar_samples(
+    url: str, *, shard: ShardInfo | None = None, max_member: int = DEFAULT_MAX_MEMBER
+) -> Iterator[Sample]:
     """Samples of one WebDataset tar, streamed from a local path or s3://.
 
     Members are grouped by key the way WebDataset does it (key = name up to the first dot of
     the basename; members of a sample are adjacent): `{"__key__": key, "input.png": bytes, ...}`.
+    A shard is untrusted input: members larger than `max_member` bytes are rejected before
+    they are read, as are links, other non-file members and duplicate names; a truncated or
+    garbage tar is a DataError naming the shard and the last member. With `shard` (its
+    index.json entry) the bytes are hashed as they stream, and at the end of the tar the sha256,
+    byte count and sample count must match the index.
     """
     from webdataset.tariterators import base_plus_ext
 
-    with storage.open_url(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+    with storage.open_url(url) as f:
+        reader = _VerifyingReader(f, url, shard.bytes if shard else None)
         sample: Sample | None = None
-        for info in tar:
-            if not info.isreg():
-                continue
+        count = 0
+        names: set[str] = set()
+        for info, blob in _tar_members(reader, url, max_member):
+            if info.name in names:
+                raise DataError(f"{url}: duplicate member {info.name!r}")
+            names.add(info.name)
             key, ext = base_plus_ext(info.name)
             if key is None:
                 continue
-            blob = tar.extractfile(info).read()
-            tar.members = []  # stream mode keeps every header otherwise
             if sample is None or key != sample["__key__"]:
                 if sample is not None:
                     yield sample
+                    count += 1
                 sample = {"__key__": key}
             ext = ext.lower()
             if ext in sample:
@@ -324,6 +389,50 @@ def iter_tar_samples(url: str) -> Iterator[Sample]:
             sample[ext] = blob
         if sample is not None:
             yield sample
+            count += 1
+        if shard is None:
+            return
+        reader.drain()  # the zero blocks and record padding after the last member
+        if count != shard.samples:
+            raise DataError(
+                f"{url}: has {count} samples but index.json lists {shard.samples}; "
+                "the shards changed after the index was written (re-run `p2p data shard`)"
+            )
+        if reader.n != shard.bytes or reader.sha.hexdigest() != shard.sha256:
+            raise DataError(
+                f"{url}: sha256 differs from index.json ({reader.n} bytes read, "
+                f"{shard.bytes} listed); the shard is corrupt or was replaced"
+            )
+
+
+def _tar_members(
+    reader: _VerifyingReader, url: str, max_member: int
+) -> Iterator[tuple[Any, bytes]]:
+    """(TarInfo, bytes) of each regular member, checked before its data is read."""
+    last = None
+    try:
+        tar = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
+        while True:
+            info = tar.next()
+            if info is None:
+                return
+            tar.members = []  # stream mode keeps every header otherwise
+            if info.issym() or info.islnk():
+                raise DataError(f"{url}: member {info.name!r} is a link; shards hold only files")
+            if not info.isreg():
+                raise DataError(f"{url}: member {info.name!r} is not a regular file")
+            if info.size > max_member:
+                raise DataError(
+                    f"{url}: member {info.name!r} is {info.size} bytes, more than "
+                    f"data.shard_max_member ({max_member})"
+                )
+            last = info.name
+            yield info, tar.extractfile(info).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if isinstance(e, P2PError):
+            raise
+        after = f" after member {last!r}" if last else " at its first member"
+        raise DataError(f"{url}: not a valid tar{after} ({e or type(e).__name__})") from None
 
 
 def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> Any:

@@ -12,9 +12,16 @@ Remotes (see `.dvc/config`):
   which writes `.dvc/config.local` (git-ignored). Credentials stay in the environment (boto3
   chain); nothing here writes them to a config file.
 
-Pipeline outs: a path that a dvc.yaml stage outputs (data/raw/NAME from `prepare`) cannot be
-`dvc add`ed; `version_dataset` then commits the workspace content to dvc.lock (`dvc commit`)
-and pushes it, and the version lives in dvc.lock instead of a `.dvc` file.
+Pipeline outs: a path that a dvc.yaml stage outputs (data/raw/NAME from `prepare`) belongs to
+the pipeline: its version lives in dvc.lock, written by `dvc repro` or, when a Prefect flow ran
+the stage itself, by `commit_stages` (`dvc commit` of the stage: the same cmd, deps, params and
+outs as `dvc repro` records). `version_dataset` refuses such a path (a `.dvc` file for it would
+make `dvc repro` fail with "output is specified in: NAME.dvc, prepare").
+
+This module is the one reader of DVC's files (`.dvc`, dvc.lock, the remote rule): shards,
+training tags, evaluation and `p2p doctor` ask it. A data version has one type, `DataVersion`:
+`.full` is what lineage tags and flow results carry (`<md5>.dir`, or `manifest-sha256:<hex>`
+for data DVC has not recorded), `.short` the 12 characters for run names and MLflow run tags.
 
 Concurrency: DVC's repo lock fails fast when another DVC command holds it. Calls into DVC from
 this module are serialized by a process-wide lock plus a file lock in `.dvc/tmp/` (other
@@ -29,23 +36,26 @@ import contextlib
 import logging
 import os
 import random
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
 from p2p.atomic import write_text_atomic
 from p2p.errors import DataError, P2PError
 
+if TYPE_CHECKING:
+    from p2p.data.shards import ShardIndex
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+MANIFEST_PREFIX = "manifest-sha256:"  # a data version DVC has not recorded: the manifest's hash
 S3_REMOTE = "s3"  # the name of the S3 remote in .dvc/config
 LOCK_TIMEOUT_S = 600.0  # how long a call waits for another p2p DVC call in this repo
 DVC_LOCK_RETRY_S = 120.0  # how long a call retries DVC's own lock held by a foreign process
@@ -71,12 +81,44 @@ class DataVersion:
     remote: str | None
     dvc_file: str
 
+    @property
+    def full(self) -> str:
+        """The whole identifier: lineage tags, flow results, the retrain comparison."""
+        return self.md5
+
+    @property
+    def short(self) -> str:
+        """12 hex characters (no `.dir`, no `manifest-sha256:`): run names, run tags."""
+        return short_version(self.md5)
+
+    @property
+    def dvc_recorded(self) -> bool:
+        """DVC's hash (not the `manifest-sha256:` fallback)."""
+        return not self.md5.startswith(MANIFEST_PREFIX)
+
+    @classmethod
+    def of_index(cls, index: ShardIndex) -> DataVersion:
+        """The version a shard index records: DVC's md5 of the raw data it was cut from when
+        DVC had recorded one, else the sha256 of the raw manifest (`manifest-sha256:<hex>`)."""
+        dv = index.data_version or {}
+        if dv.get("dvc_md5"):
+            md5, dvc_file = str(dv["dvc_md5"]), str(dv.get("dvc_source") or "")
+        else:
+            md5 = f"{MANIFEST_PREFIX}{dv.get('manifest_sha256') or 'unknown'}"
+            dvc_file = ""
+        return cls(index.name, md5, None, None, None, dvc_file)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DataVersion:
         return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
+
+
+def short_version(full: str) -> str:
+    """The 12-character form of a data version: `ab12...ef.dir` -> `ab12...` (12 hex)."""
+    return full.removeprefix(MANIFEST_PREFIX).split(".")[0][:12]
 
 
 # ----------------------------------------------------------------------------- public API
@@ -106,33 +148,154 @@ def version_dataset(
     def add_and_push() -> DataVersion:
         with _open_repo(root) as r:
             push_to = remote or _default_remote(r)
-            r.scm_context.autostage = True  # `git add` the .dvc/.lock file and .gitignore
-            if _pipeline_stage(r, target) is not None:
-                # an out of a dvc.yaml stage (e.g. `prepare`): `dvc add` would refuse it;
-                # commit the workspace content to dvc.lock instead
-                stage = r.commit(str(target), force=True)[0]
-                out = next(o for o in stage.outs if Path(o.fs_path) == target)
-                dvc_file = root / "dvc.lock"
-                r.scm_context.track_file(str(dvc_file))
-                r.scm_context.track_changed_files()
-                r.push(targets=[str(target)], remote=push_to)
-            else:
-                stage = r.add([str(target)])[0]
-                out = stage.outs[0]
-                dvc_file = Path(stage.path)
-                r.push(targets=[stage.path], remote=push_to)
-            version = DataVersion(
-                path=target.relative_to(root).as_posix(),
-                md5=out.hash_info.value,
-                nfiles=out.meta.nfiles,
-                size=out.meta.size,
-                remote=push_to,
-                dvc_file=dvc_file.relative_to(root).as_posix(),
-            )
+            stage = _pipeline_stage(r, target)
+            if stage is not None:  # `dvc add` would refuse it, or make `dvc repro` fail later
+                rel = target.relative_to(root).as_posix()
+                raise DataError(
+                    f"{rel}: is the output of stage {stage.name!r} in dvc.yaml (data.raw_dir); "
+                    f"`dvc repro {stage.name}` versions it in dvc.lock, `p2p data version` is "
+                    "for datasets outside the pipeline"
+                )
+            r.scm_context.autostage = True  # `git add` the .dvc file and .gitignore
+            stage = r.add([str(target)])[0]
+            out = stage.outs[0]
+            r.push(targets=[stage.path], remote=push_to)
+            version = _version_of(root, out, Path(stage.path), push_to)
         log.info("versioned %s: %s (pushed to %s)", version.path, version.md5, push_to)
         return version
 
     return _serialized(root, f"version {target}", add_and_push)
+
+
+def commit_stages(
+    stages: list[str], *, remote: str | None = None, repo: str | os.PathLike = "."
+) -> dict[str, DataVersion]:
+    """Record dvc.yaml stages that were run outside `dvc repro` (by a Prefect flow) in dvc.lock.
+
+    `dvc commit` of each stage: DVC hashes the stage's deps, params and outs as dvc.yaml
+    declares them and writes dvc.lock exactly as `dvc repro` would have, so a later `dvc repro`
+    finds them up to date. Only call it after running the stage with the same params as
+    params.yaml. Stages dvc.lock and the .gitignore files with git (committing is the caller's
+    decision) and pushes the cached outs, like `dvc repro && dvc push`.
+
+    Returns:
+        {out path: DataVersion} of each cached directory or file out of the stages.
+    """
+    root = Path(repo).resolve()
+    if not (root / ".dvc").is_dir():
+        raise P2PError(f"{root}: not a DVC repository (no .dvc/); run `dvc init`")
+
+    def commit_and_push() -> dict[str, DataVersion]:
+        with _open_repo(root) as r:
+            push_to = remote or _default_remote(r)
+            r.scm_context.autostage = True
+            versions: dict[str, DataVersion] = {}
+            for name in stages:
+                for stage in r.commit(name, force=True):
+                    for out in stage.outs:
+                        if out.use_cache and out.hash_info and out.hash_info.value:
+                            v = _version_of(root, out, root / "dvc.lock", push_to)
+                            versions[v.path] = v
+            r.scm_context.track_file(str(root / "dvc.lock"))
+            r.scm_context.track_changed_files()
+            r.push(targets=list(stages), remote=push_to)
+        return versions
+
+    versions = _serialized(root, f"commit {', '.join(stages)}", commit_and_push)
+    log.info("dvc.lock records stages %s", ", ".join(stages))
+    return versions
+
+
+def pipeline_stage(path: str | os.PathLike, repo: str | os.PathLike = ".") -> str | None:
+    """The name of the dvc.yaml stage that outputs `path`; None if no stage does."""
+    root, target = _resolve(repo, path)
+    if not (root / "dvc.yaml").is_file():
+        return None
+
+    def find() -> str | None:
+        with _open_repo(root) as r:
+            stage = _pipeline_stage(r, target)
+            return None if stage is None else stage.name
+
+    return _serialized(root, f"stages of {target}", find)
+
+
+def stage_params(repo: str | os.PathLike = ".") -> dict[str, dict[str, Any]]:
+    """{stage: {"params": [params.yaml keys or groups], "outs": [paths], "deps": [paths]}} of
+    dvc.yaml, `${...}` resolved from params.yaml; {} without dvc.yaml. Outs include metrics
+    and plots."""
+    root = Path(repo).resolve()
+    if not (root / "dvc.yaml").is_file():
+        return {}
+    from dvc.dependency.param import ParamsDependency
+
+    def read() -> dict[str, dict[str, Any]]:
+        with _open_repo(root) as r:
+            return {
+                s.name: {
+                    "params": [
+                        k for d in s.deps if isinstance(d, ParamsDependency) for k in d.params
+                    ],
+                    "outs": [str(o.def_path) for o in s.outs],
+                    "deps": [
+                        str(d.def_path) for d in s.deps if not isinstance(d, ParamsDependency)
+                    ],
+                }
+                for s in r.index.stages
+                if getattr(s, "cmd", None)
+            }
+
+    return _serialized(root, "read dvc.yaml", read)
+
+
+def pipeline_owned(path: str, outs: list[str]) -> bool:
+    """True for a repo-relative path the pipeline writes: dvc.lock, `.dvc` files, an out (or a
+    file under one) and the `.gitignore` DVC keeps beside each out."""
+    if path == "dvc.lock" or path.endswith(".dvc"):
+        return True
+    for out in outs:
+        out = out.rstrip("/")
+        if path == out or path.startswith(out + "/"):
+            return True
+        parent = out.rsplit("/", 1)[0] if "/" in out else ""
+        if path == (f"{parent}/.gitignore" if parent else ".gitignore"):
+            return True
+    return False
+
+
+def code_changes(where: str | os.PathLike) -> list[str]:
+    """Uncommitted changes to git-tracked files of the checkout at `where` (repo-relative
+    paths), leaving out what the pipeline itself writes (see `pipeline_owned`): a demo or a
+    `dvc repro` in a fresh clone does not make its own code version "dirty"."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+
+    top = Path(git("rev-parse", "--show-toplevel").strip())
+    status = git("status", "--porcelain", "-z", "--untracked-files=no").split("\0")
+    changed, i = [], 0
+    while i < len(status):
+        entry = status[i]
+        i += 1
+        if len(entry) < 4:
+            continue
+        changed.append(entry[3:])
+        if entry[0] in "RC":  # a rename/copy: the next field is its source path
+            changed.append(status[i])
+            i += 1
+    if not changed or not (top / ".dvc").is_dir():
+        return changed
+    outs: list[str] = []
+    try:
+        for stage in stage_params(top).values():
+            outs.extend(stage["outs"])
+    except P2PError as e:  # a dvc.yaml DVC cannot read: only dvc.lock and .dvc files are known
+        log.warning("%s: cannot list the pipeline's outs (%s)", top, e)
+    outs.extend(p[: -len(".dvc")] for p in changed if p.endswith(".dvc"))
+    return [p for p in changed if not pipeline_owned(p, outs)]
 
 
 def pull_dataset(
@@ -220,6 +383,13 @@ def current_version(path: str | os.PathLike, repo: str | os.PathLike = ".") -> D
         raise DataError(f"{dvc_file}: not a valid .dvc file ({e})") from None
 
 
+def recorded_version(path: str | os.PathLike) -> DataVersion | None:
+    """`current_version` of `path` in the DVC repository above it; None outside one."""
+    target = Path(path).resolve()
+    root = next((p for p in target.parents if (p / ".dvc").is_dir()), None)
+    return None if root is None else current_version(target, repo=root)
+
+
 def configure_s3_remote(
     name: str = S3_REMOTE,
     url: str | None = None,
@@ -271,8 +441,8 @@ def list_remotes(repo: str | os.PathLike = ".") -> list[tuple[str, str, str | No
     root = Path(repo).resolve()
     if not (root / ".dvc").is_dir():
         raise P2PError(f"{root}: not a DVC repository (no .dvc/); run `dvc init`")
-    conf = Config(dvc_dir=str(root / ".dvc"), config=_env_config() or None)
-    default = S3_REMOTE if os.environ.get("P2P_DVC_REMOTE_URL") else conf["core"].get("remote")
+    conf = Config(dvc_dir=str(root / ".dvc"), config=env_config() or None)
+    default = default_remote_name(conf)
     return [
         (name, str(sec.get("url")), sec.get("endpointurl"), name == default)
         for name, sec in sorted(conf["remote"].items())
@@ -291,6 +461,18 @@ def _resolve(repo: str | os.PathLike, path: str | os.PathLike) -> tuple[Path, Pa
     if not target.is_relative_to(root) or target == root:
         raise DataError(f"{target}: must be inside the repository {root}")
     return root, target
+
+
+def _version_of(root: Path, out: Any, dvc_file: Path, remote: str | None) -> DataVersion:
+    """The DataVersion of a DVC Output just added or committed."""
+    return DataVersion(
+        path=Path(out.fs_path).relative_to(root).as_posix(),
+        md5=out.hash_info.value,
+        nfiles=out.meta.nfiles,
+        size=out.meta.size,
+        remote=remote,
+        dvc_file=dvc_file.relative_to(root).as_posix(),
+    )
 
 
 def _lock_version(root: Path, target: Path) -> DataVersion | None:
@@ -324,29 +506,37 @@ def _pipeline_stage(r: Any, target: Path) -> Any:
     return None
 
 
-def _env_config() -> dict[str, Any]:
-    """In-memory DVC config from the environment: the `s3` remote's URL and endpoint."""
-    url = os.environ.get("P2P_DVC_REMOTE_URL")
+def env_config(url: str | None = None, endpoint: str | None = None) -> dict[str, Any]:
+    """In-memory DVC config for the `s3` remote: `url` (default P2P_DVC_REMOTE_URL) and
+    `endpoint` (default AWS_ENDPOINT_URL); {} without a URL."""
+    url = url or os.environ.get("P2P_DVC_REMOTE_URL")
     if not url:
         return {}
     remote: dict[str, str] = {"url": url}
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        remote["endpointurl"] = os.environ["AWS_ENDPOINT_URL"]
+    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        remote["endpointurl"] = endpoint
     return {"remote": {S3_REMOTE: remote}}
+
+
+def default_remote_name(config: Any, url: str | None = None) -> str | None:
+    """The remote pushes and pulls use: `s3` when an S3 URL is set (`url`, default
+    P2P_DVC_REMOTE_URL), else the config's `core.remote`; None if neither."""
+    if url or os.environ.get("P2P_DVC_REMOTE_URL"):
+        return S3_REMOTE
+    return config["core"].get("remote") or None
 
 
 @contextlib.contextmanager
 def _open_repo(root: Path) -> Iterator[Any]:
     from dvc.repo import Repo
 
-    with Repo(str(root), config=_env_config() or None) as r:
+    with Repo(str(root), config=env_config() or None) as r:
         yield r
 
 
 def _default_remote(r: Any) -> str:
-    if os.environ.get("P2P_DVC_REMOTE_URL"):
-        return S3_REMOTE
-    name = r.config["core"].get("remote")
+    name = default_remote_name(r.config)
     if not name:
         raise P2PError(
             f"{r.root_dir}: no DVC remote configured; add one (`dvc remote add -d NAME URL`) "

@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -41,6 +41,9 @@ from p2p.config import ExperimentConfig
 from p2p.errors import P2PError
 from p2p.evaluation.grid import pick_rows, render_grid
 from p2p.inference import DEFAULT_SEED, MODES, check_mode, dropout_seed, inference_mode
+
+if TYPE_CHECKING:
+    from p2p.data.shards import ShardIndex
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +63,25 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def data_version_of(index: dict[str, Any]) -> str:
+def data_version_of(index: ShardIndex) -> str:
     """The data version a shard index records: the DVC md5 of the raw data when DVC tracks it
     (the same string as `version_dataset(...).md5`), else the raw manifest's sha256."""
-    dv = index.get("data_version") or {}
-    if dv.get("dvc_md5"):
-        return str(dv["dvc_md5"])
-    return f"manifest-sha256:{dv.get('manifest_sha256') or 'unknown'}"
+    from p2p.data.versioning import DataVersion
+
+    return DataVersion.of_index(index).full
 
 
-def testset_key(index: dict[str, Any], split: str, cfg: ExperimentConfig) -> str:
+def testset_key(index: ShardIndex, split: str, cfg: ExperimentConfig) -> str:
     """A short key of everything that defines a test set: scores with equal keys are comparable.
 
     The split's shard bytes (their sha256s: shards are deterministic), the eval transform and
     the eval mode.
     """
     d = cfg.data
-    entry = (index.get("splits") or {}).get(split) or {}
+    entry = index.splits.get(split)
     spec = {
-        "shards": [s.get("sha256") for s in entry.get("shards", [])],
-        "samples": entry.get("samples"),
+        "shards": [s.sha256 for s in entry.shards] if entry else [],
+        "samples": entry.samples if entry else None,
         "split": split,
         "input_nc": d.input_nc,
         "output_nc": d.output_nc,
@@ -126,7 +128,7 @@ def evaluate_checkpoint(
     out = Path(out_dir)
     checkpoint = Path(checkpoint)
     index = read_index(shards)
-    n_total = _split_samples(index, split)
+    n_total = index.samples(split)
     if n_total <= 0:
         raise P2PError(f"{shards}: split {split!r} has no samples to evaluate")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -144,7 +146,7 @@ def evaluate_checkpoint(
     # Both modes on val: the same weights give different images in each; this shows which
     # mode suits the model (the test scores above use eval.inference_mode).
     modes_val: dict[str, dict[str, float]] = {}
-    n_val = _split_samples(index, "val")
+    n_val = index.samples("val")
     for m in MODES if n_val else ():
         if split == "val" and m == mode:
             modes_val[m] = res.means
@@ -169,7 +171,7 @@ def evaluate_checkpoint(
         "checkpoint_sha256": file_sha256(checkpoint),
         "shards": str(shards),
         "data_version": data_version,
-        "manifest_sha256": (index.get("data_version") or {}).get("manifest_sha256"),
+        "manifest_sha256": index.data_version.get("manifest_sha256"),
         "testset": testset_key(index, split, cfg),
         "inference_mode": mode,  # the mode of the scores above
         "eval_mode": mode == "eval",  # the same, as the older boolean
@@ -212,10 +214,6 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- internals
-
-
-def _split_samples(index: dict[str, Any], split: str) -> int:
-    return int(((index.get("splits") or {}).get(split) or {}).get("samples") or 0)
 
 
 @dataclasses.dataclass

@@ -50,7 +50,14 @@ import torch
 import torch.distributed as dist
 
 from p2p.config import ExperimentConfig
-from p2p.training.state import TrainState, load_state, rng_state, save_state, seed_everything
+from p2p.training.state import (
+    TrainState,
+    apply_optim_config,
+    load_state,
+    rng_state,
+    save_state,
+    seed_everything,
+)
 from p2p.training.tracking import RunLogger, sample_grid
 
 
@@ -70,8 +77,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     from p2p.data.dataset import make_loader
     from p2p.losses import GANLoss
     from p2p.models import build_discriminator, build_generator
+    from p2p.training.distributed import describe_placement, gather_placement, write_placement
     from p2p.training.schedule import build_scheduler
-    from p2p.training.step import train_step
+    from p2p.training.step import resolve_autocast, train_step
 
     cfg = ExperimentConfig.from_dict(config["config"])
     t = cfg.train
@@ -82,8 +90,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     device = ray.train.torch.get_device()
     per_worker_batch = t.batch_size // world  # global batch split evenly (validated in config)
     configure_backends(device)
-    amp_dtype = torch.bfloat16 if t.precision == "bf16" else None
+    amp_dtype, note = resolve_autocast(t.precision, device)  # bf16 where native, else fp32
+    if note and rank == 0:
+        _say(note)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    placement = gather_placement()  # node IP, node rank, interface of every rank
 
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     seed_everything(t.seed)
@@ -117,6 +128,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         with checkpoint.as_directory() as ckpt_dir:
             blob = load_state(ckpt_dir, state, rank=rank, world_size=world, map_location=device)
         rng_restored = blob["rng_restored"]
+        # optim changed since (p2p train --allow-changed-params): train with the new values
+        apply_optim_config(state, blob["config"].get("optim") or {}, cfg.optim)
     if not rng_restored:  # fresh start, or a different world size: per-rank random streams
         seed_everything(t.seed + 1000 * rank + state.step)
     fault_step = int(config.get("fault_step") or 0) if checkpoint is None else 0
@@ -132,6 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             f"({per_worker_batch}/worker), {steps_per_epoch} steps/epoch, epochs "
             f"{state.epoch + 1}..{epochs}, starting at step {state.step}"
         )
+        _say(f"p2p train: {describe_placement(placement)}")
 
     def to_device(x: torch.Tensor) -> torch.Tensor:
         return x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -230,6 +244,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 ckpt = None
                 if rank == 0:
                     save_state(tmp, state, cfg, rng=rngs, metrics=metrics)
+                    write_placement(tmp, placement)  # where this attempt's ranks ran
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
                 ray.train.report(
                     metrics, checkpoint=ckpt, checkpoint_dir_name=f"epoch_{state.epoch:04d}"
@@ -314,14 +329,8 @@ def _steps_per_epoch(cfg: ExperimentConfig, split: str, global_batch: int) -> in
     """Train samples // global batch, from the shard index (make_loader's default)."""
     from p2p.data.shards import read_index
 
-    n = _split_count(read_index(cfg.data.shards), split)
+    n = read_index(cfg.data.shards).samples(split)
     return max(n // global_batch, 1) if n else 1
-
-
-def _split_count(index: dict[str, Any], split: str) -> int:
-    """Samples of one split in a shard index (p2p.data.shards format); 0 if absent."""
-    entry = (index.get("splits") or {}).get(split) or {}
-    return int(entry.get("samples") or sum(s["samples"] for s in entry.get("shards", [])))
 
 
 def _all_mean(x: torch.Tensor) -> torch.Tensor:
@@ -400,7 +409,7 @@ def _validate(
     from p2p.evaluation import metrics as M
     from p2p.training.state import unwrap
 
-    n_val = _split_count(read_index(cfg.data.shards), "val")
+    n_val = read_index(cfg.data.shards).samples("val")
     if cfg.train.val_batches <= 0 or n_val == 0:
         return {}
     # at most one pass over the split: a small val split is not counted twice

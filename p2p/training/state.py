@@ -35,6 +35,7 @@ from p2p import __version__
 from p2p.atomic import write_atomic, write_text_atomic
 from p2p.checkpoints import save_generator, unwrap  # unwrap: strips DDP .module / ._orig_mod
 from p2p.errors import P2PError
+from p2p.training.tracking import param_value
 
 SCHEMA_VERSION = 1
 STATE_FILE = "state.pt"
@@ -259,3 +260,95 @@ def _fmt(v: Any) -> str:
 
 def _state_dict_or_none(obj: Any) -> dict[str, Any] | None:
     return None if obj is None else obj.state_dict()
+
+
+# ----------------------------------------------------------------------------- changed params
+
+# Keys that may differ between a checkpoint and the command that resumes it without changing
+# what the model learns: where things run and are stored, how often to log, validate and
+# checkpoint, how many epochs in all (continuing a run is how training is extended), and the
+# groups only data preparation and evaluation read. Any other change (lr, batch, loss weights,
+# data, architecture) makes a different model: refused unless the user says so.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "train.epochs",
+        "train.run_name",
+        "train.storage_path",
+        "train.experiment",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.log_every",
+        "train.val_batches",
+        "train.compile",
+        "train.channels_last",
+        "data.name",
+        "data.source",
+        "data.source_format",
+        "data.on_error",
+        "data.raw_dir",
+        "data.shard_max_count",
+        "data.shard_max_size",
+        "data.loader_workers",
+    }
+)
+RESUMABLE_GROUPS = ("resources.", "eval.", "build.")
+
+
+def changed_params(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Keys whose values differ between two `cfg.to_dict()`s: {dotted key: (old, new)}, the
+    values as MLflow params spell them. Keys missing on one side count as changed."""
+    flat_old, flat_new = _flat(old), _flat(new)
+    return {
+        k: (param_value(flat_old.get(k)), param_value(flat_new.get(k)))
+        for k in sorted(set(flat_old) | set(flat_new))
+        if param_value(flat_old.get(k)) != param_value(flat_new.get(k))
+    }
+
+
+def needs_permission(changed: dict[str, tuple[str, str]]) -> dict[str, tuple[str, str]]:
+    """The changes that alter what is trained (see RESUMABLE_CHANGES)."""
+    return {
+        k: v
+        for k, v in changed.items()
+        if k not in RESUMABLE_CHANGES and not k.startswith(RESUMABLE_GROUPS)
+    }
+
+
+def apply_optim_config(state: TrainState, old: dict[str, Any], optim: Any) -> bool:
+    """Make a resumed run train with the current `optim` settings.
+
+    The optimizer and scheduler states restored from a checkpoint carry the learning rate and
+    betas the run started with; when `optim` changed since (`p2p train --allow-changed-params`),
+    they are set to the new values: betas as given, the base lr as given, and the current lr at
+    the same point of the (possibly changed) schedule. No-op when `optim` is unchanged.
+
+    Args:
+        state: the state just restored by load_state().
+        old: the checkpoint's `optim` group (a dict).
+        optim: the run's OptimConfig.
+
+    Returns:
+        True when something was changed.
+    """
+    keys = ("lr", "beta1", "beta2", "lr_policy", "n_epochs", "n_epochs_decay", "lr_decay_iters")
+    if all(old.get(k) == getattr(optim, k) for k in keys):
+        return False
+    old_lr = float(old.get("lr") or optim.lr)
+    for opt, sched in ((state.opt_g, state.sched_g), (state.opt_d, state.sched_d)):
+        for i, group in enumerate(opt.param_groups):
+            group["betas"] = (optim.beta1, optim.beta2)
+            group["initial_lr"] = optim.lr
+            lambdas = getattr(sched, "lr_lambdas", None)
+            if lambdas:  # linear policy: base lr times the (new) schedule at this epoch
+                group["lr"] = optim.lr * lambdas[i](sched.last_epoch)
+            else:  # step/cosine/plateau: the schedule so far scales with the base lr
+                group["lr"] = group["lr"] * optim.lr / old_lr
+        if hasattr(sched, "base_lrs"):
+            sched.base_lrs = [optim.lr] * len(opt.param_groups)
+        if hasattr(sched, "_last_lr"):
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
+    return True
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    return {f"{g}.{k}": v for g, sub in d.items() if isinstance(sub, dict) for k, v in sub.items()}

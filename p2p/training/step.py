@@ -12,6 +12,7 @@ Ray, no MLflow: the training loop calls this and logs the returned floats.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -22,6 +23,51 @@ from p2p.config import ExperimentConfig
 from p2p.losses import GANLoss
 
 LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g_gan", "loss_g_l1")
+
+
+# /proc/cpuinfo flags of CPUs that compute bf16 natively (x86: AVX512-BF16 or AMX; Arm: BF16).
+_CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def cpu_bf16_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The native-bf16 flags this CPU reports (empty where /proc/cpuinfo is missing)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return set()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86 | aarch64
+            flags.update(value.split())
+    return flags & _CPU_BF16_FLAGS
+
+
+def resolve_autocast(
+    precision: str, device: torch.device, *, cpu_flags: set[str] | None = None
+) -> tuple[torch.dtype | None, str | None]:
+    """The autocast dtype for `train.precision` on `device`, and a one-line note when the
+    request cannot be honoured.
+
+    bf16 runs where the hardware computes it: CUDA GPUs that support it (Ampere and later) and
+    CPUs with AVX512-BF16, AMX-BF16 or Arm BF16. Elsewhere bf16 would be emulated (slower than
+    fp32, with bf16's rounding), so training falls back to fp32 and says so.
+    """
+    if precision != "bf16":
+        return None, None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16, None
+        where = f"GPU {torch.cuda.get_device_name(device)}"
+    elif device.type == "cpu":
+        if cpu_flags is None:
+            cpu_flags = cpu_bf16_flags()
+        if cpu_flags:
+            return torch.bfloat16, None
+        where = "this CPU (no avx512_bf16/amx_bf16/bf16 flag in /proc/cpuinfo)"
+    else:
+        where = f"device {device.type}"
+    return None, f"p2p: train.precision bf16 is not native on {where}; training in fp32"
 
 
 def set_requires_grad(module: nn.Module, flag: bool) -> None:
@@ -53,7 +99,8 @@ def train_step(
         real_b: (B, output_nc, H, W) targets in [-1, 1].
         cfg: reads loss.lambda_l1, loss.lambda_gp (wgangp only).
         gan_loss: GANLoss(cfg.loss.gan_mode).
-        autocast_dtype: e.g. torch.bfloat16 to run forwards under autocast (GPU); None = fp32.
+        autocast_dtype: e.g. torch.bfloat16 to run forwards under autocast (GPU or CPU, see
+            `resolve_autocast`); None = fp32.
 
     Returns:
         dict with LOSS_KEYS. For wgangp, loss_d also includes the gradient penalty.

@@ -74,65 +74,27 @@ def git_commit(repo: str | Path | None = None) -> str | None:
 
 
 def data_version(shards: str, raw_dir: str | None = None) -> str | None:
-    """A short identifier of the training data, for tags and the default run name.
+    """A short identifier of the training data (`DataVersion.short`), for tags and the default
+    run name.
 
-    In order: the DVC md5 of the raw data recorded in the shard index (`data_version.dvc_md5`),
-    the md5 in `<raw_dir>.dvc`, the md5 of the shards or raw dir in dvc.lock, then the sha256 of
-    the raw manifest recorded in the index. None if nothing is found.
+    In order: DVC's md5 of the raw data the shards were cut from (their index records it), what
+    DVC records for the raw dir (its .dvc file or dvc.lock), the raw manifest's sha256 the index
+    records. None if nothing is found.
     """
+    from p2p.data.versioning import DataVersion, recorded_version
+
     try:
         from p2p.data.shards import read_index
 
-        index = read_index(shards)
-    except Exception:  # no index yet, unreachable store: fall back to DVC files
-        index = None
-    recorded = (index or {}).get("data_version") or {}
-    if recorded.get("dvc_md5"):  # DVC's hash of the raw data the shards were written from
-        return str(recorded["dvc_md5"]).split(".")[0][:12]
-    for md5 in (_dvc_file_md5(raw_dir), _dvc_lock_md5(shards), _dvc_lock_md5(raw_dir)):
-        if md5:
-            return md5.split(".")[0][:12]
-    if recorded.get("manifest_sha256"):  # content hash of the raw manifest (not DVC-tracked)
-        return str(recorded["manifest_sha256"])[:12]
-    return None
-
-
-def _dvc_file_md5(raw_dir: str | None) -> str | None:
-    if not raw_dir:
-        return None
-    path = Path(f"{raw_dir.rstrip('/')}.dvc")
-    return _first_md5(path, lambda d: d.get("outs", []))
-
-
-def _dvc_lock_md5(out_path: str | None) -> str | None:
-    if not out_path or "://" in out_path:
-        return None
-    want = out_path.rstrip("/")
-
-    def outs(d: dict) -> list:
-        return [
-            o
-            for stage in (d.get("stages") or {}).values()
-            for o in stage.get("outs", [])
-            if str(o.get("path", "")).rstrip("/") == want
-        ]
-
-    return _first_md5(Path("dvc.lock"), outs)
-
-
-def _first_md5(path: Path, pick) -> str | None:
-    if not path.is_file():
-        return None
-    import yaml
-
-    try:
-        d = yaml.safe_load(path.read_text()) or {}
-        for o in pick(d):
-            if o.get("md5"):
-                return str(o["md5"])
-    except (yaml.YAMLError, AttributeError, TypeError):
-        return None
-    return None
+        indexed = DataVersion.of_index(read_index(shards))
+    except Exception:  # no index yet, unreachable store: fall back to DVC's files
+        indexed = None
+    if indexed is not None and indexed.dvc_recorded:
+        return indexed.short
+    recorded = recorded_version(raw_dir) if raw_dir else None
+    if recorded is not None:
+        return recorded.short
+    return indexed.short if indexed is not None else None
 
 
 def run_tags(cfg: Any, *, run_name: str, storage_path: str, data_ver: str | None) -> dict[str, str]:
@@ -159,12 +121,27 @@ def run_tags(cfg: Any, *, run_name: str, storage_path: str, data_ver: str | None
 # ----------------------------------------------------------------------------- driver side
 
 
-def open_run(cfg: Any, *, run_name: str, tags: dict[str, str], uri: str | None = None) -> str:
+def open_run(
+    cfg: Any,
+    *,
+    run_name: str,
+    tags: dict[str, str],
+    uri: str | None = None,
+    resumed_at: int | None = None,
+    changed: dict[str, tuple[str, str]] | None = None,
+) -> str:
     """Find (by tag `p2p.run_name`) or create the run of `run_name`; log params once; set tags.
 
-    On a resumed run, params that did not exist are added; params whose value changed (e.g. more
-    `train.epochs` to continue training) cannot be rewritten in MLflow, so the new values are
-    recorded in the tag `p2p.resumed_with` and a warning is logged.
+    MLflow params are write-once, and they must show the values that trained:
+    - A resumed run (`resumed_at` = the checkpoint's step) keeps its run. Its params are the
+      values it started with; every key whose value changed at this resume (`changed`, from the
+      checkpoint's config, e.g. more `train.epochs`, or `optim.lr` with
+      `p2p train --allow-changed-params`) gets the tag `params_changed.<key>` =
+      `old -> new @ step N` (appended to on later changes), and the tag `p2p.resumed_with`
+      holds the current values of all params that differ from the logged ones.
+    - A fresh start (no checkpoint, `resumed_at` None) reuses an existing run of that name only
+      if its params are the same (a driver that died before its first checkpoint); with other
+      params it creates a new run, since that run's params would not be what trains now.
 
     Returns:
         The MLflow run id (passed to the Ray workers).
@@ -182,16 +159,24 @@ def open_run(cfg: Any, *, run_name: str, tags: dict[str, str], uri: str | None =
             cfg.train.experiment, artifact_location=default_artifact_location(uri)
         )
     existing = find_run(cfg.train.experiment, run_name, uri=uri)
-    params = {k: _param_value(v) for k, v in cfg.flat().items()}
+    params = {k: param_value(v) for k, v in cfg.flat().items()}
+    if existing:
+        old = client.get_run(existing).data.params
+        differs = {k: v for k, v in params.items() if k in old and old[k] != v}
+        if resumed_at is None and differs:
+            existing = None  # a new start with other params: a new run
     if existing:
         run = client.get_run(existing)
         run_id = existing
-        old = run.data.params
         new = {k: v for k, v in params.items() if k not in old}
-        changed = {k: v for k, v in params.items() if k in old and old[k] != v}
-        if changed:
-            log.warning("resuming run %s with changed params: %s", run_name, changed)
-            tags = {**tags, "p2p.resumed_with": json.dumps(changed, sort_keys=True)[:5000]}
+        if differs:
+            log.info("resuming run %s with changed params: %s", run_name, sorted(differs))
+            tags = {**tags, "p2p.resumed_with": json.dumps(differs, sort_keys=True)[:5000]}
+        for key, (was, now) in sorted((changed or {}).items()):
+            entry = f"{was} -> {now} @ step {resumed_at or 0}"
+            before = run.data.tags.get(f"params_changed.{key}")
+            value = f"{before}; {entry}" if before else entry
+            tags = {**tags, f"params_changed.{key}": value[-5000:]}  # newest changes kept
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     else:
         run_id = client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
@@ -247,7 +232,8 @@ def _quote(s: str) -> str:
     return s.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _param_value(v: Any) -> str:
+def param_value(v: Any) -> str:
+    """A config value as an MLflow param (strings; lists, dicts, bools and None as JSON)."""
     return json.dumps(v) if isinstance(v, (list, dict, bool)) or v is None else str(v)
 
 

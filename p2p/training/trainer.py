@@ -16,16 +16,26 @@ simplest path when you are on the cluster), but the run dies with the connection
 the driver on the head node: a laptop or a Prefect worker submits it, streams the logs, and a
 dropped connection does not stop training. The job runs `p2p train --address auto` with the
 resolved params (uploaded as the job's working_dir) and the same run name; the p2p package must be
-installed on the cluster nodes. Environment variables from `p2p.settings` (S3 endpoint and
-credentials, MLflow URI) reach the job and every worker through `runtime_env`, never through
-logs. On a multi-node cluster `train.storage_path` and `data.shards` must be reachable from every
-node (s3://..., or a shared filesystem) and MLflow should be a server.
+installed on the cluster nodes. Non-secret settings from `p2p.settings` (S3 endpoint, region,
+MLflow URI without a password) reach the job and every worker through `runtime_env`; secrets
+(`p2p.settings.SECRET_VARS`: AWS keys, tokens, passwords) never do, since Ray writes runtime
+envs into its session logs. Every node gets credentials from its own environment or the
+standard AWS chain (instance role, a Kubernetes secret exported as env, a profile); a local Ray
+started here inherits this process's environment. On a multi-node cluster
+`train.storage_path` and `data.shards` must be reachable from every node (s3://..., or a shared
+filesystem) and MLflow should be a server.
 
 Resuming: the Ray run name is `--run-name`, else `train.run_name`, else derived from the data
 version and the params hash, so running the same command again continues the same run from its
 latest checkpoint (Ray Train V2 resumes by `(storage_path, name)`) and the same MLflow run.
+Run names are one path component (`RUN_NAME_RE`). One driver at a time trains a run: it holds a
+lease in `<storage_path>/<run name>/` (p2p.training.lease) and a second `p2p train` with that
+name is refused while the first lives. A resume whose params differ from the checkpoint's in
+anything that changes the model (p2p.training.state.needs_permission: lr, batch, data, ...) is
+refused unless `allow_changed_params` (`--allow-changed-params`); then the run continues with
+the new values and MLflow records each change as a `params_changed.<key>` tag.
 Worker failures inside one run are retried by Ray (`resources.max_failures`) from the latest
-checkpoint.
+checkpoint, except DataErrors, which stop the run at once (p2p.training.failures).
 
 Outputs (`out_dir`, default `models/`): `generator.pt` (weights-only, from the final checkpoint),
 `train_log.csv` (step, epoch, losses, lr, images/s, val metrics: the DVC plot) and
@@ -49,8 +59,10 @@ from typing import Any
 from p2p.atomic import write_atomic, write_text_atomic
 from p2p.config import ExperimentConfig, to_yaml
 from p2p.errors import DataError, P2PError
-from p2p.settings import Settings
+from p2p.settings import Settings, has_password
 from p2p.training import tracking
+from p2p.training.lease import Lease, check_free, lease_url
+from p2p.training.state import changed_params, needs_permission
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +70,8 @@ FAULT_ENV = "P2P_FAULT_STEP"  # test-only fault injection, see p2p.training.loop
 EXPORTED = ("generator.pt", "train_log.csv", "metrics.json")
 _JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
 _EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
+# One path component that every storage backend (local, S3 via pyarrow, MLflow tags) accepts.
+RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -77,8 +91,18 @@ def default_run_name(cfg: ExperimentConfig) -> str:
     """`p2p-<dataset>-<data version>-<params hash>`: the same data and params give the same name,
     so re-running a command resumes its run."""
     version = tracking.data_version(cfg.data.shards, cfg.data.raw_dir) or "nodata"
-    name = f"p2p-{cfg.data.name}-{version[:8]}-{cfg.params_hash()[:8]}"
+    name = f"p2p-{cfg.data.name[:100]}-{version[:8]}-{cfg.params_hash()[:8]}"
     return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
+
+
+def check_run_name(name: str, source: str) -> str:
+    """`name` if it is a valid run name, else a P2PError naming `source` (e.g. --run-name)."""
+    if not RUN_NAME_RE.match(name):
+        raise P2PError(
+            f"{source} {name!r}: not a valid run name (1-128 characters: letters, digits, "
+            "'.', '_', '-', starting with a letter or digit; no '/', spaces or '..')"
+        )
+    return name
 
 
 def fit(
@@ -88,6 +112,7 @@ def fit(
     out_dir: str | Path = "models",
     address: str | None = None,
     run_name: str | None = None,
+    allow_changed_params: bool = False,
 ) -> TrainResult:
     """Train pix2pix with Ray Train and export the final generator.
 
@@ -98,10 +123,13 @@ def fit(
         address: Ray address (see the module docstring); None = `resources.address`, else
             `RAY_ADDRESS`, else a local Ray.
         run_name: Ray/MLflow run name; None = `train.run_name`, else derived (resumable).
+        allow_changed_params: resume a run even if params that change the model differ from
+            its checkpoint's (trains with the new values; recorded in MLflow).
 
     Raises:
-        DataError: the shards cannot be read.
-        P2PError: training failed (after Ray's retries) or produced no checkpoint.
+        DataError: the shards cannot be read, or a worker met bad data (not retried).
+        P2PError: a bad run name; the run is being trained by another driver; changed params
+            on resume; training failed (after Ray's retries) or produced no checkpoint.
     """
     if shards:
         cfg = cfg.replace(**{"data.shards": str(shards)})
@@ -113,25 +141,93 @@ def fit(
     settings = Settings.from_env()
     if address is None:
         address = cfg.resources.address or settings.ray_address or ""
+    if run_name:
+        check_run_name(run_name, "--run-name")
+    elif cfg.train.run_name:
+        check_run_name(cfg.train.run_name, "train.run_name")
     _check_shards(cfg)
-    run_name = run_name or cfg.train.run_name or default_run_name(cfg)
+    run_name = check_run_name(run_name or cfg.train.run_name or default_run_name(cfg), "run name")
     run_cfg = _absolute_paths(cfg)  # workers and jobs run elsewhere: no relative local paths
     if address.startswith(("http://", "https://")):
-        return _submit_job(run_cfg, address=address, out_dir=Path(out_dir), run_name=run_name)
-    return _fit_here(cfg, run_cfg, address=address, out_dir=Path(out_dir), run_name=run_name)
+        # The job's driver takes the lease and checks the params; checking here first gives
+        # the same answer without a job submission.
+        check_free(lease_url(run_cfg.train.storage_path, run_name), run_name)
+        resume_changes(run_cfg, run_name, allow=allow_changed_params)
+        return _submit_job(
+            run_cfg,
+            address=address,
+            out_dir=Path(out_dir),
+            run_name=run_name,
+            allow_changed_params=allow_changed_params,
+        )
+    with Lease(lease_url(run_cfg.train.storage_path, run_name), run_name):
+        changes, step = resume_changes(run_cfg, run_name, allow=allow_changed_params)
+        return _fit_here(
+            cfg,
+            run_cfg,
+            address=address,
+            out_dir=Path(out_dir),
+            run_name=run_name,
+            resumed=(step, changes),
+        )
+
+
+def resume_changes(
+    run_cfg: ExperimentConfig, run_name: str, *, allow: bool
+) -> tuple[dict[str, tuple[str, str]], int | None]:
+    """How the params differ from those of the run's latest checkpoint.
+
+    Returns:
+        ({dotted key: (old, new)} for every changed key, the checkpoint's step), or ({}, None)
+        when the run has no checkpoint yet.
+
+    Raises:
+        P2PError: keys that change the model differ and `allow` is False (one line: the keys
+            with old -> new values, and the two ways out).
+    """
+    ckpt = latest_checkpoint(run_cfg.train.storage_path, run_name)
+    if ckpt is None:
+        return {}, None
+    fs, path = _filesystem(ckpt)
+    try:
+        with fs.open_input_stream(f"{path}/config.json") as f:
+            old = json.loads(f.read())
+        with fs.open_input_stream(f"{path}/metrics.json") as f:
+            step = int(json.loads(f.read()).get("step", 0))
+    except (OSError, ValueError) as e:
+        raise P2PError(f"{ckpt}: cannot read the checkpoint's config: {e}") from None
+    changed = changed_params(old, run_cfg.to_dict())
+    refused = needs_permission(changed)
+    if refused and not allow:
+        shown = ", ".join(f"{k} {o} -> {n}" for k, (o, n) in refused.items())
+        raise P2PError(
+            f"run {run_name} was trained with other params (its checkpoint {ckpt} says): "
+            f"{shown}; pass --allow-changed-params to continue it with the new values, or "
+            "start a new run with another --run-name"
+        )
+    return changed, step
 
 
 # ----------------------------------------------------------------------------- modes
 
 
 def _fit_here(
-    cfg: ExperimentConfig, run_cfg: ExperimentConfig, *, address: str, out_dir: Path, run_name: str
+    cfg: ExperimentConfig,
+    run_cfg: ExperimentConfig,
+    *,
+    address: str,
+    out_dir: Path,
+    run_name: str,
+    resumed: tuple[int | None, dict[str, tuple[str, str]]],
 ) -> TrainResult:
-    """Local Ray or a driver connection: TorchTrainer.fit() in this process."""
+    """Local Ray or a driver connection: TorchTrainer.fit() in this process (which holds the
+    run's lease). `resumed`: (the checkpoint's step or None, the params changed since)."""
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    from p2p.training.distributed import P2PTorchConfig  # gloo/NCCL interface per worker
+    from p2p.training.failures import StopOnDataError, data_error_message
     from p2p.training.loop import train_loop_per_worker
 
     res = cfg.resources
@@ -145,7 +241,10 @@ def _fit_here(
     uri = tracking.tracking_uri()
     data_ver = tracking.data_version(cfg.data.shards, cfg.data.raw_dir)
     tags = tracking.run_tags(cfg, run_name=run_name, storage_path=storage, data_ver=data_ver)
-    run_id = tracking.open_run(cfg, run_name=run_name, tags=tags, uri=uri)
+    step, changes = resumed
+    run_id = tracking.open_run(
+        cfg, run_name=run_name, tags=tags, uri=uri, resumed_at=step, changed=changes
+    )
     tracking.log_config_artifact(run_id, to_yaml(cfg), uri=uri)
 
     started = False
@@ -183,10 +282,11 @@ def _fit_here(
         train_loop_config={
             "config": run_cfg.to_dict(),
             "mlflow_run_id": run_id,
-            "tracking_uri": uri,
+            # a URI with a password stays out of Ray: workers read MLFLOW_TRACKING_URI then
+            "tracking_uri": None if has_password(uri) else uri,
             "fault_step": int(os.environ.get(FAULT_ENV) or 0),
         },
-        torch_config=TorchConfig(backend="nccl" if res.use_gpu else "gloo"),
+        torch_config=P2PTorchConfig(backend="nccl" if res.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=res.num_workers, use_gpu=res.use_gpu, resources_per_worker=per_worker
         ),
@@ -196,6 +296,7 @@ def _fit_here(
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             worker_runtime_env={"env_vars": env},
+            callbacks=[StopOnDataError()],  # bad data is not retried
         ),
     )
     ok = False
@@ -203,6 +304,9 @@ def _fit_here(
         try:
             result = trainer.fit()
         except ray.train.TrainingFailedError as e:
+            bad_data = data_error_message(e)
+            if bad_data is not None:  # the cause, as one line, naming the shard
+                raise DataError(bad_data) from None
             raise P2PError(f"training run {run_name} failed: {_first_line(e)}") from e
         ckpt_uri = (
             _checkpoint_uri(result.checkpoint, storage)
@@ -222,7 +326,12 @@ def _fit_here(
 
 
 def _submit_job(
-    cfg: ExperimentConfig, *, address: str, out_dir: Path, run_name: str
+    cfg: ExperimentConfig,
+    *,
+    address: str,
+    out_dir: Path,
+    run_name: str,
+    allow_changed_params: bool = False,
 ) -> TrainResult:
     """Ray Jobs API: run `p2p train --address auto` on the cluster, tail its logs, wait."""
     import asyncio
@@ -230,12 +339,15 @@ def _submit_job(
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     env = _worker_env()
-    env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri())
+    if not has_password(tracking.tracking_uri()):
+        env.setdefault("MLFLOW_TRACKING_URI", tracking.tracking_uri())
     client = JobSubmissionClient(address)
     with tempfile.TemporaryDirectory(prefix="p2p-job-") as wd:
         Path(wd, "params.yaml").write_text(to_yaml(cfg))  # the resolved params, paths absolute
         argv = ["p2p", "train", "--params", "params.yaml", "--address", "auto"]
         argv += ["--run-name", run_name, "--out", "models"]
+        if allow_changed_params:
+            argv.append("--allow-changed-params")
         job_id = client.submit_job(
             entrypoint=shlex.join(argv),  # every argument quoted: no shell interpretation
             runtime_env={"working_dir": wd, "env_vars": env},
@@ -255,6 +367,14 @@ def _submit_job(
         raise
     status = client.get_job_status(job_id)
     if status != JobStatus.SUCCEEDED:
+        # The job's `p2p train` ends with its one-line error: that is the cause to show.
+        errors = [
+            line.split("error: ", 1)[1]
+            for line in (client.get_job_logs(job_id) or "").splitlines()
+            if line.startswith("p2p train: error: ")
+        ]
+        if errors:
+            raise P2PError(f"{errors[-1]} (Ray job {job_id} {status.value})")
         info = client.get_job_info(job_id)
         raise P2PError(f"Ray job {job_id} {status.value}: {_first_line(info.message or '')}")
     storage = cfg.train.storage_path
@@ -355,8 +475,7 @@ def _check_shards(cfg: ExperimentConfig) -> None:
         raise
     except Exception as e:
         raise DataError(f"{cfg.data.shards}: cannot read the shard index: {e}") from None
-    train = (index.get("splits") or {}).get("train") or {}
-    if not train.get("samples"):
+    if not index.samples("train"):
         raise DataError(f"{cfg.data.shards}: the shards hold no train samples")
 
 
@@ -373,7 +492,7 @@ def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def _worker_env() -> dict[str, str]:
-    """Settings the job and workers need (endpoints, credentials, MLflow URI); never logged."""
+    """Non-secret settings the job and workers need (endpoint, region, MLflow URI)."""
     return Settings.from_env().worker_env()
 
 

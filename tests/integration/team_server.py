@@ -57,6 +57,7 @@ class TeamServer:
     ray_client_address: str = ""  # ray://host:port (Ray Client)
     ray_token: str = ""
     ray_nodes: int = 0
+    ray_tmp: Path | None = None  # the nodes' temp dirs (n0 = head, n1...), removed on exit
     logs: dict[str, Path] = field(default_factory=dict)
 
     def client_env(self, **extra: str) -> dict[str, str]:
@@ -208,6 +209,7 @@ def team_server(
     procs = ProcessGroups()
     # Ray's unix sockets must stay under ~107 characters: a short temp dir, not pytest's tmp_path.
     ray_tmp = Path(tempfile.mkdtemp(prefix="p2p-ray-", dir="/tmp"))
+    server.ray_tmp = ray_tmp
     try:
         waits: dict[str, str] = {}
         if "mlflow" in services:

@@ -18,7 +18,7 @@ from p2p.config import DataConfig
 from p2p.data import storage
 from p2p.data.dataset import ShardStream, iter_tar_samples, make_loader
 from p2p.data.pairs import DatasetWriter
-from p2p.data.shards import write_shards
+from p2p.data.shards import read_index, write_shards
 from p2p.errors import DataError
 
 # preprocess "none" keeps 32x32 images as they are, so every pixel survives the transform
@@ -59,18 +59,30 @@ def run_epoch(url, split, data=DATA, **kw) -> tuple[list[int], list[torch.Tensor
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    """10 train samples in 3 shards of 4, 4, 2; 7 val samples in 2 shards; 2 test samples."""
+    """10 train samples in uneven shards of at most 4; 7 val samples in 2+ shards; 2 test."""
     tmp = tmp_path_factory.mktemp("loader")
     raw = make_raw(tmp / "raw", {"train": 10, "val": 7, "test": 2})
     index = write_shards(raw, tmp / "shards", DATA)
-    assert [s["samples"] for s in index["splits"]["train"]["shards"]] == [4, 4, 2]
+    counts = [s.samples for s in index.splits["train"].shards]
+    assert len(counts) >= 3 and len(set(counts)) > 1 and max(counts) <= 4
+    assert len(index.splits["val"].shards) >= 2
     return tmp / "shards"
+
+
+def written_order(url, split) -> list[int]:
+    """Sample numbers of a split in index order (the eval order)."""
+    index = read_index(url)
+    return [
+        int(s["__key__"].removeprefix(split))
+        for shard in index.splits[split].shards
+        for s in iter_tar_samples(storage.join_url(url, shard.name))
+    ]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_equal_batches_three_shards_two_ranks(shards, workers):
-    """Whole-shard splitting would give rank 0 shards 0+2 (6 samples) and rank 1 shard 1 (4):
-    3 vs 2 batches of 2, and DDP would hang. Sample-level assignment gives both 2."""
+    """Whole-shard splitting of uneven shards would give the ranks different batch counts,
+    and DDP would hang. Sample-level assignment gives both 2."""
     per_rank = [
         run_epoch(shards, "train", batch_size=2, rank=r, world_size=2, num_workers=workers)[0]
         for r in range(2)
@@ -133,8 +145,11 @@ def test_eval_order_padding_and_workers(shards):
             )
             per_rank.append((ids, batches))
         outs[workers] = per_rank
-    # ceil(7 / 4) = 2 batches per rank: rank 0 gets 0..3, rank 1 gets 4..6 + sample 0 again
-    assert [ids for ids, _ in outs[0]] == [[0, 1, 2, 3], [4, 5, 6, 0]]
+    # ceil(7 / 4) = 2 batches per rank: rank 0 gets the first 4 in index order, rank 1 the
+    # last 3 + the first again
+    order = written_order(shards, "val")
+    assert sorted(order) == list(range(7))
+    assert [ids for ids, _ in outs[0]] == [order[:4], order[4:] + order[:1]]
     for (ids0, b0), (ids2, b2) in zip(outs[0], outs[2], strict=True):
         assert ids0 == ids2 and all(torch.equal(x, y) for x, y in zip(b0, b2, strict=True))
     pads = [
@@ -144,7 +159,7 @@ def test_eval_order_padding_and_workers(shards):
     assert pads == [0, 1]
     # one rank, batch 3: 3 batches, the last padded with samples 0 and 1
     ids, _ = run_epoch(shards, "val", batch_size=3, train=False, num_workers=2)
-    assert ids == [0, 1, 2, 3, 4, 5, 6, 0, 1]
+    assert ids == order + order[:2]
 
 
 def test_fewer_shards_than_ranks_times_workers(tmp_path):
@@ -177,11 +192,12 @@ def test_bad_input(shards, tmp_path):
     with pytest.raises(ValueError, match="rank"):
         make_loader(shards, "train", DATA, batch_size=2, rank=2, world_size=2)
     raw = make_raw(tmp_path / "raw", {"train": 4})
-    write_shards(raw, tmp_path / "s", DATA)
+    index = write_shards(raw, tmp_path / "s", DATA)
     with pytest.raises(DataError, match="split 'val' has no samples"):
         make_loader(tmp_path / "s", "val", DATA, batch_size=1)
     # a shard that no longer matches its index is an error, not a short epoch
-    (tmp_path / "s" / "train-000000.tar").write_bytes(b"\0" * 10240)  # an empty tar
+    first = index.splits["train"].shards[0].name
+    (tmp_path / "s" / first).write_bytes(b"\0" * 10240)  # an empty tar
     with pytest.raises(DataError, match="changed after the index was written"):
         run_epoch(tmp_path / "s", "train", batch_size=2, num_workers=0)
 
@@ -198,10 +214,9 @@ def test_streams_from_s3(shards, s3_bucket):
     # plain webdataset can read s3:// through the handler p2p.data.dataset registers
     import webdataset as wds
 
-    ds = wds.WebDataset([f"{url}/val-000000.tar"], shardshuffle=False, nodesplitter=None)
-    assert [s["__key__"] for s in ds] == [
-        s["__key__"] for s in iter_tar_samples(f"{url}/val-000000.tar")
-    ]
+    first = f"{url}/{read_index(url).splits['val'].shards[0].name}"
+    ds = wds.WebDataset([first], shardshuffle=False, nodesplitter=None)
+    assert [s["__key__"] for s in ds] == [s["__key__"] for s in iter_tar_samples(first)]
 
 
 _DDP_WORKER = textwrap.dedent(

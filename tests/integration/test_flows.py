@@ -208,8 +208,8 @@ def test_retrain_flow_versions_shards_trains_registers_and_promotes(project, fir
     assert pushed.is_file()  # the directory manifest is on the remote
     # shards on S3, recording the same data version
     index = read_index(project["shards"])
-    assert index["data_version"]["dvc_md5"] == dv
-    assert result["data"]["totals"] == index["totals"]
+    assert index.data_version["dvc_md5"] == dv
+    assert result["data"]["totals"] == index.totals
     # trained, evaluated, registered with lineage, promoted (there was no champion)
     training = result["training"]
     assert (training["version"], training["promoted"], training["skipped"]) == (1, True, False)
@@ -336,7 +336,7 @@ def test_failed_s3_call_is_retried_then_succeeds(project, first_run, monkeypatch
     assert shard.state.is_completed() and shard.run_count == 2
     names = _state_names(shard.id)
     assert "AwaitingRetry" in names and "Retrying" in names and names[-1] == "Completed"
-    assert read_index(url)["data_version"]["dvc_md5"] == first_run[0]["data_version"]
+    assert read_index(url).data_version["dvc_md5"] == first_run[0]["data_version"]
 
 
 @pytest.mark.slow

@@ -1,20 +1,32 @@
 """Ray Train end to end on a real 2-node local cluster (gloo), S3 shards and checkpoints on the
 moto server, sqlite MLflow.
 
-Two fit() calls in all (each costs ~30 s here):
+Three Ray runs in all (each costs ~30 s here):
 1. `killed_run`: 3 epochs; rank 1 dies mid-epoch 2 (P2P_FAULT_STEP). Ray restarts the worker
    group from the epoch-1 checkpoint and the run finishes -> fault tolerance + MLflow checks.
-2. the resume test: the same run name again with 4 epochs -> continues at the last step of
-   run 1, in the same MLflow run.
+2. the resume test: the same run name again with 4 epochs and a new lr
+   (--allow-changed-params) -> continues at the last step of run 1, in the same MLflow run,
+   with the new lr, recorded as a params_changed tag.
+3. `p2p train` (local Ray started by p2p) on shards with a corrupt sample: the DataError stops
+   the run at once, no retries, and is the last line of the output.
+The cluster's nodes and the CLI carry a marker AWS secret in their environment, as real nodes
+carry credentials; the last test checks that it was never written under either Ray temp dir.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -22,22 +34,39 @@ pytestmark = pytest.mark.slow
 
 EPOCHS = 3
 BATCH = 4  # global: 2 per worker
+REPO = Path(__file__).resolve().parents[2]
+SECRET = f"p2p-marker-secret-{uuid.uuid4().hex}"  # the S3 secret key (moto accepts any)
 
 
 @pytest.fixture(scope="module")
 def cluster(s3_server):
-    """Two Ray nodes with one CPU each: the two training workers land on different nodes."""
+    """Two Ray nodes with one CPU each: the two training workers land on different nodes.
+    The nodes start with the marker secret in their environment (as real nodes carry
+    credentials); so does this process, the driver."""
     from ray.cluster_utils import Cluster
     from team_server import free_port
 
+    saved = os.environ["AWS_SECRET_ACCESS_KEY"]
+    os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET
     # The dashboard serves the State API that Ray Train's placement-group cleaner polls; on a
     # free port, since 8265 may belong to another Ray on this machine.
     head = {"num_cpus": 1, "include_dashboard": True, "dashboard_port": free_port()}
     c = Cluster(initialize_head=True, head_node_args=head)
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    yield c
-    c.shutdown()
+    try:
+        c.add_node(num_cpus=1)
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+        os.environ["AWS_SECRET_ACCESS_KEY"] = saved
+
+
+@pytest.fixture(scope="module")
+def local_ray_tmp():
+    """RAY_TMPDIR of the local Ray that `p2p train` starts (short: Ray's socket paths)."""
+    path = Path(tempfile.mkdtemp(prefix="p2p-rt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +114,7 @@ def train_cfg(tmp_path_factory, bucket):
     raw = tmp_path_factory.mktemp("raw") / "demo"
     build_demo(raw, cfg.build, cfg.data)
     index = write_shards(raw, cfg.data.shards, cfg.data)
-    assert index["splits"]["train"]["samples"] == 24
+    assert index.samples("train") == 24
     return cfg
 
 
@@ -173,11 +202,20 @@ def test_mlflow_run_contents(killed_run, train_cfg):
 
 
 def test_rerun_with_same_name_resumes(killed_run, cluster, train_cfg, tmp_path):
+    """One more epoch with a doubled lr: a changed param, so only with allow_changed_params;
+    the new lr is the one that trains and MLflow says so."""
+    from p2p.errors import P2PError
+    from p2p.training.schedule import linear_factor
     from p2p.training.trainer import fit
 
     first, spe = killed_run
-    cfg = train_cfg.replace(**{"train.epochs": EPOCHS + 1})
-    result = fit(cfg, out_dir=tmp_path, address=cluster.address, run_name="killed")
+    new_lr = 2 * train_cfg.optim.lr
+    cfg = train_cfg.replace(**{"train.epochs": EPOCHS + 1, "optim.lr": new_lr})
+    with pytest.raises(P2PError, match=r"optim\.lr 0\.0002 -> 0\.0004; pass --allow-changed"):
+        fit(cfg, out_dir=tmp_path, address=cluster.address, run_name="killed")
+    result = fit(
+        cfg, out_dir=tmp_path, address=cluster.address, run_name="killed", allow_changed_params=True
+    )
     assert result.mlflow_run_id == first.mlflow_run_id  # the same MLflow run continues
     assert result.metrics["step"] == (EPOCHS + 1) * spe
     assert result.checkpoint_uri.endswith(f"epoch_{EPOCHS + 1:04d}")
@@ -188,9 +226,25 @@ def test_rerun_with_same_name_resumes(killed_run, cluster, train_cfg, tmp_path):
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == list(range(2, (EPOCHS + 1) * spe + 1, 2))
     run = _client().get_run(result.mlflow_run_id)
-    assert json.loads(run.data.tags["p2p.resumed_with"]) == {"train.epochs": str(EPOCHS + 1)}
+    assert json.loads(run.data.tags["p2p.resumed_with"]) == {
+        "train.epochs": str(EPOCHS + 1),
+        "optim.lr": str(new_lr),
+    }
+    # MLflow: the params that trained steps 1..18, and what changed at step 18
+    assert run.data.params["optim.lr"] == str(train_cfg.optim.lr)
+    at = EPOCHS * spe
+    assert run.data.tags["params_changed.optim.lr"] == f"0.0002 -> 0.0004 @ step {at}"
+    assert run.data.tags["params_changed.train.epochs"] == f"{EPOCHS} -> {EPOCHS + 1} @ step {at}"
+    # the new lr trained: the last epoch's lr is the new base lr on the linear schedule
+    o = cfg.optim
+    want = new_lr * linear_factor(EPOCHS, o.n_epochs, o.n_epochs_decay)
+    lrs = {m.step: m.value for m in _client().get_metric_history(run.info.run_id, "train/lr")}
+    assert lrs[(EPOCHS + 1) * spe] == pytest.approx(want)
+    old = train_cfg.optim.lr * linear_factor(EPOCHS - 1, o.n_epochs, o.n_epochs_decay)
+    assert lrs[EPOCHS * spe] == pytest.approx(old)  # the epochs before ran with the old one
 
-    # Once more: nothing left to train, so the outputs come straight from the checkpoint.
+    # Once more: nothing left to train, so the outputs come straight from the checkpoint (whose
+    # params are now the new ones: no flag needed).
     again = fit(cfg, out_dir=tmp_path / "again", address=cluster.address, run_name="killed")
     assert again.checkpoint_uri == result.checkpoint_uri
     assert again.mlflow_run_id == result.mlflow_run_id
@@ -205,3 +259,86 @@ def test_cli_bad_shards_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("p2p train: error:") and str(missing) in err
     assert len(err.splitlines()) == 1 and not (tmp_path / "models").exists()
+
+
+def _corrupt_copy(bucket: str, src: str, dst: str) -> str:
+    """Copy the shard set `src` to `dst`, with every target image of the first train shard
+    replaced by bytes that are not an image. Returns the bad shard's URL."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{src}/")["Contents"]]
+    bad = sorted(k for k in keys if k.rsplit("/", 1)[1].startswith("train-"))[0]
+    for key in keys:
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if key == bad:
+            out = io.BytesIO()
+            with (
+                tarfile.open(fileobj=io.BytesIO(body)) as tin,
+                tarfile.open(fileobj=out, mode="w") as tout,
+            ):
+                for info in tin:
+                    data = tin.extractfile(info).read()
+                    if info.name.endswith(".target.png"):
+                        data = b"this is not a png"
+                        info.size = len(data)
+                    tout.addfile(info, io.BytesIO(data))
+            body = out.getvalue()
+        s3.put_object(Bucket=bucket, Key=f"{dst}/{key[len(src) + 1 :]}", Body=body)
+    return f"s3://{bucket}/{dst}/{bad[len(src) + 1 :]}"
+
+
+def test_corrupt_shard_fails_at_once_with_the_cause(
+    killed_run, train_cfg, bucket, local_ray_tmp, tmp_path
+):
+    """`p2p train` with a local Ray (started by p2p, inheriting this environment) on shards
+    with a corrupt shard: exit 2 after one attempt although resources.max_failures is 2, and the
+    last line names the shard and the sample."""
+    from p2p.config import to_yaml
+
+    bad_url = _corrupt_copy(bucket, "shards", "bad-shards")
+    params = tmp_path / "params.yaml"
+    params.write_text(to_yaml(train_cfg))
+    env = {
+        **os.environ,
+        "AWS_SECRET_ACCESS_KEY": SECRET,  # in this environment only: the workers inherit it
+        "RAY_TMPDIR": str(local_ray_tmp),
+        "PYTHONPATH": str(REPO),
+    }
+    env.pop("RAY_ADDRESS", None)
+    argv = [sys.executable, "-m", "p2p", "train", "--params", str(params)]
+    argv += ["--set", f"data.shards=s3://{bucket}/bad-shards", "--run-name", "bad-data"]
+    argv += ["--out", str(tmp_path / "models")]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert lines[-1].startswith(f"p2p train: error: {bad_url}:"), lines[-5:]
+    # the sample that fails to decode, or the shard's checksum (verified while it streams)
+    assert ".target.png" in lines[-1] or "sha256 differs from index.json" in lines[-1]
+    assert "Traceback" not in lines[-1]
+    assert (proc.stdout + proc.stderr).count("starting at step 0") == 1  # not retried
+    assert not (tmp_path / "models").exists()
+
+
+def test_no_secret_under_the_ray_temp_dirs(killed_run, cluster, bucket, local_ray_tmp):
+    """After the runs above (driver joining a cluster, and a local Ray started by `p2p train`),
+    the marker secret is nowhere under either Ray temp dir, nor in the S3 bucket (shards,
+    checkpoints), the MLflow database and artifacts or the Prefect home of this session."""
+    import boto3
+
+    session = Path(cluster.head_node.get_session_dir_path())
+    assert (session / "logs").is_dir()
+    local_sessions = list(local_ray_tmp.glob("ray/session_*/logs"))
+    assert local_sessions, f"no local Ray session under {local_ray_tmp}: run the test above"
+    needle = SECRET.encode()
+    tracking_dir = Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")).parent
+    for root in (session, local_ray_tmp, tracking_dir):  # tracking_dir: MLflow db + artifacts
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                try:
+                    assert needle not in path.read_bytes(), path
+                except OSError:  # sockets, files removed meanwhile
+                    continue
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    for obj in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        assert needle not in s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read(), obj

@@ -109,7 +109,7 @@ def test_evaluate_writes_metrics_grid_and_page(tmp_path, shards):
     out = tmp_path / "reports"
     m = evaluate_checkpoint(ckpt, url, cfg, out)
 
-    n_test = index["splits"]["test"]["samples"]
+    n_test = index.samples("test")
     assert n_test == 3 and m["n_samples"] == n_test  # the short last batch is included
     assert m["split"] == "test" and m["checkpoint"] == str(ckpt)
     assert m["data_version"].startswith("manifest-sha256:")  # raw data not tracked by DVC here

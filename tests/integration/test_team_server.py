@@ -8,6 +8,11 @@ MLFLOW_TRACKING_URI, PREFECT_API_URL, RAY_ADDRESS, P2P_DVC_REMOTE_URL, RAY_AUTH_
 doctor -> data prepare -> data version (DVC push to S3) -> data shard (S3) -> train (on the
 cluster, checkpoints on S3, tracked on the server) -> evaluate -> registry register + gate ->
 registry show; and the retrain deployment lands on the Prefect server with its schedule.
+
+Credentials: every service and Ray node starts with the S3 keys in its own environment (a marker
+secret), as real nodes get them from their environment, an instance role or a Kubernetes secret;
+p2p never ships them through Ray. The last test checks that the marker was never written to any
+file of the team server (Ray temp dirs, MLflow, Prefect) nor to the bucket.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 
 import pytest
 from team_server import BIN, team_server
+
+SECRET = f"p2p-marker-secret-{uuid.uuid4().hex}"  # the S3 secret key (moto accepts any)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [  # small enough for 2 CPU cores; the same keys as params.yaml
@@ -57,10 +64,15 @@ def team(s3_server, tmp_path_factory):
     bucket = f"p2p-team-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     workdir = tmp_path_factory.mktemp("team-server")
-    with team_server(
-        workdir, s3_endpoint=s3_server, bucket=bucket, ray_nodes=2, cpus_per_node=1
-    ) as ts:
-        yield ts
+    saved = os.environ["AWS_SECRET_ACCESS_KEY"]
+    os.environ["AWS_SECRET_ACCESS_KEY"] = SECRET  # the nodes' and the clients' credentials
+    try:
+        with team_server(
+            workdir, s3_endpoint=s3_server, bucket=bucket, ray_nodes=2, cpus_per_node=1
+        ) as ts:
+            yield ts
+    finally:
+        os.environ["AWS_SECRET_ACCESS_KEY"] = saved
 
 
 @pytest.fixture
@@ -273,3 +285,30 @@ def test_train_as_a_ray_job_then_resume_through_ray_client(team, project):
 def _ray_auth(team) -> dict[str, str]:
     """The header a token-auth Ray dashboard wants (the CLI sends it from RAY_AUTH_TOKEN)."""
     return {"Authorization": f"Bearer {team.ray_token}"}
+
+
+def test_no_secret_written_anywhere(team):
+    """After the runs above (driver joining the cluster, Ray Job, Ray Client), the marker
+    secret is in no file under the nodes' Ray temp dirs (runtime_env_agent.log, job logs,
+    session files), the team server's MLflow and Prefect data and logs, nor in the bucket
+    (shards, checkpoints, MLflow artifacts, DVC)."""
+    needle = SECRET.encode()
+    agent_logs = list(team.ray_tmp.glob("n*/session_*/logs/runtime_env_agent.log"))
+    assert agent_logs, "no Ray session logs: run this module's training tests first"
+    checked = 0
+    for root in (team.ray_tmp, team.workdir):
+        for path in root.rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink():
+                    assert needle not in path.read_bytes(), path
+                    checked += 1
+            except OSError:  # sockets, files removed meanwhile
+                continue
+    assert checked > 50
+    keys = s3_keys(team.bucket, "")
+    assert any(k.startswith("runs/") for k in keys)
+    from p2p.data.storage import s3_client
+
+    for key in keys:
+        body = s3_client().get_object(Bucket=team.bucket, Key=key)["Body"].read()
+        assert needle not in body, key

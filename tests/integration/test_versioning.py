@@ -17,8 +17,11 @@ import pytest
 from p2p.data import storage
 from p2p.data.versioning import (
     DataVersion,
+    code_changes,
+    commit_stages,
     configure_s3_remote,
     current_version,
+    pipeline_stage,
     pull_all,
     pull_dataset,
     version_dataset,
@@ -122,26 +125,65 @@ def test_pull_an_older_version(repo):
 
 
 def test_pipeline_out_is_versioned_through_dvc_lock(repo):
-    """data/raw/NAME as the out of a dvc.yaml stage (the `prepare` stage): `dvc add` would
-    refuse it; the version is committed to dvc.lock instead."""
+    """data/raw/NAME as the out of a dvc.yaml stage (the `prepare` stage): `version_dataset`
+    refuses it (a .dvc file would make `dvc repro` fail); `commit_stages` records the stage in
+    dvc.lock, as `dvc repro` would after running it."""
     (repo / "dvc.yaml").write_text(
         "stages:\n  prepare:\n    cmd: p2p data prepare\n    outs:\n      - data/raw/gen\n"
     )
     d = _dataset(repo, "gen", seed=4)
     before = _snapshot(d)
-    v = version_dataset("data/raw/gen", repo=repo)
+    with pytest.raises(DataError, match=r"output of stage 'prepare'.*dvc repro prepare"):
+        version_dataset("data/raw/gen", repo=repo)
+    assert not (repo / "data" / "raw" / "gen.dvc").exists()
+    assert pipeline_stage("data/raw/gen", repo=repo) == "prepare"
+    assert pipeline_stage("data/raw/other", repo=repo) is None
+    pushed = commit_stages(["prepare"], repo=repo)
+    v = pushed["data/raw/gen"]
     assert v.dvc_file == "dvc.lock" and v.md5.endswith(".dir") and v.nfiles == 4
+    assert v.remote == "local"
     assert current_version("data/raw/gen", repo=repo) == DataVersion(
         "data/raw/gen", v.md5, 4, v.size, None, "dvc.lock"
     )
-    assert "dvc.lock" in _git(repo, "diff", "--cached", "--name-only").split()
-    assert not (repo / "data" / "raw" / "gen.dvc").exists()
+    assert {"dvc.lock", "data/raw/.gitignore"} <= set(
+        _git(repo, "diff", "--cached", "--name-only").split()
+    )
+    status = subprocess.run(
+        ["dvc", "status", "--json"], cwd=repo, capture_output=True, text=True, check=True
+    )
+    assert status.stdout.strip() == "{}"  # `dvc repro` would have nothing to do
     _forget_local(repo, d)
     pull_dataset(v, repo=repo)
     assert _snapshot(d) == before
     other = DataVersion.from_dict({**v.to_dict(), "md5": "0" * 32 + ".dir"})
     with pytest.raises(DataError, match="check out the dvc.lock of that version"):
         pull_dataset(other, repo=repo)
+
+
+def test_code_changes_leave_out_what_the_pipeline_writes(repo):
+    """git_dirty of a registered model: dvc.lock, .dvc files, outs and the .gitignore beside
+    them are the pipeline's; any other tracked change is a code change."""
+    _git(repo, "config", "user.email", "ci@example.com")
+    _git(repo, "config", "user.name", "ci")
+    (repo / "dvc.yaml").write_text(
+        "stages:\n  prepare:\n    cmd: p2p data prepare\n    outs:\n      - data/raw/gen\n"
+        "    metrics:\n      - reports/m.json:\n          cache: false\n"
+    )
+    (repo / "code.py").write_text("x = 1\n")
+    (repo / "reports").mkdir()
+    (repo / "reports" / "m.json").write_text("{}")
+    _dataset(repo, "gen")
+    commit_stages(["prepare"], repo=repo)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "one")
+    assert code_changes(repo) == []
+    (repo / "reports" / "m.json").write_text('{"psnr": 1}')
+    (repo / "data" / "raw" / "gen" / "manifest.json").write_text("changed")
+    commit_stages(["prepare"], repo=repo)  # dvc.lock changes
+    assert {"dvc.lock", "reports/m.json"} <= set(_git(repo, "diff", "HEAD", "--name-only").split())
+    assert code_changes(repo) == []
+    (repo / "code.py").write_text("x = 2\n")
+    assert code_changes(repo) == ["code.py"]
 
 
 def test_bad_paths(repo, tmp_path):
