@@ -5,9 +5,14 @@ Where a test goes (the folder says how it runs; the marks follow the folders):
 
     tests/unit         fast, in-process tests; `pytest -m "not slow"` (make test-fast) runs them.
                        None may be marked slow (collection fails if one is).
-    tests/integration  real Ray / S3 (moto) / MLflow / Prefect / DVC, or full-size data: every
-                       test here is marked `slow` by tests/integration/conftest.py.
-    tests/gpu          needs CUDA (`gpu` mark); skipped where none is available.
+    tests/integration  real Ray / S3 (moto) / MLflow / Prefect / DVC, torch.compile, or
+                       full-size data: every test here is marked `slow` by
+                       tests/integration/conftest.py.
+    tests/gpu          needs CUDA (`gpu` mark). A `gpu` test that compares with a CPU test may
+                       sit beside it in tests/unit; every `gpu` test skips where there is no CUDA.
+
+Helpers shared by several test files are modules in tests/ (on the path: pyproject's pytest
+`pythonpath`): data_fixtures.py, download_fixtures.py, step_paths.py.
 """
 
 from __future__ import annotations
