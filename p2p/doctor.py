@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p.config import ExperimentConfig
-from p2p.settings import ENV_VARS, Settings, redact
+from p2p.settings import ENV_VARS, Settings, redact, redact_uri
 
 OK, SKIP, FAIL = "OK", "SKIP", "FAIL"
 DEFAULT_TIMEOUT = 5.0  # seconds per network call
@@ -100,11 +100,11 @@ def _tcp(host: str, port: int, timeout: float) -> None:
 def _host_port(url: str, default_port: int | None = None) -> tuple[str, int]:
     u = urllib.parse.urlsplit(url if "://" in url else f"tcp://{url}")
     if not u.hostname:
-        raise _Unreachable(f"no host in {url!r}")
+        raise _Unreachable(f"no host in {redact_uri(url)!r}")
     try:
         port = u.port
     except ValueError:
-        raise _Unreachable(f"bad port in {url!r}") from None
+        raise _Unreachable(f"bad port in {redact_uri(url)!r}") from None
     port = port or default_port or (443 if u.scheme == "https" else 80)
     return u.hostname, port
 
@@ -345,29 +345,18 @@ def _check_tracking(uri: str, ctx: Context) -> tuple[str, str]:
 
 def check_mlflow(ctx: Context) -> Check:
     uri = ctx.settings.mlflow_tracking_uri
-    target = _redact_url(uri)
+    target = redact_uri(uri)
     try:
         status, detail = _check_tracking(uri, ctx)
         registry = os.environ.get("MLFLOW_REGISTRY_URI")
         if status != FAIL and registry and registry != uri:
             r_status, r_detail = _check_tracking(registry, ctx)
             if r_status == FAIL:
-                return Check(
-                    "mlflow", FAIL, target, f"registry {_redact_url(registry)}: {r_detail}"
-                )
-            detail += f"; registry {_redact_url(registry)}: {r_detail}"
+                return Check("mlflow", FAIL, target, f"registry {redact_uri(registry)}: {r_detail}")
+            detail += f"; registry {redact_uri(registry)}: {r_detail}"
     except _Unreachable as e:
         return Check("mlflow", FAIL, target, str(e))
     return Check("mlflow", status, target, detail)
-
-
-def _redact_url(url: str) -> str:
-    """Drop a password embedded in a URL (postgresql://user:secret@host/db)."""
-    u = urllib.parse.urlsplit(url)
-    if u.password:
-        netloc = f"{u.username}:***@{u.hostname}" + (f":{u.port}" if u.port else "")
-        return urllib.parse.urlunsplit(u._replace(netloc=netloc))
-    return url
 
 
 # ----------------------------------------------------------------------------- prefect
@@ -781,7 +770,7 @@ def settings_report(cfg: ExperimentConfig) -> dict[str, str]:
         else:
             out[name] = redact(name, value)
         if "://" in out[name]:
-            out[name] = _redact_url(out[name])  # a password inside a URL
+            out[name] = redact_uri(out[name])  # a password inside a URL
     out["RAY_AUTH_MODE"] = env.get("RAY_AUTH_MODE") or "(unset)"
     source = _ray_token_source()
     where = "env" if source == "RAY_AUTH_TOKEN" else source

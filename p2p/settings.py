@@ -98,3 +98,22 @@ def redact(name: str, value: str | None) -> str:
     if value is None:
         return "(unset)"
     return "***" if name in SECRET_VARS else value
+
+
+def redact_uri(text: str) -> str:
+    """`text` with the credentials of every URI in it replaced by ***.
+
+    Works on a bare URI (`postgresql://user:secret@db/mlflow` -> `postgresql://user:***@db/mlflow`,
+    `https://token@host` -> `https://***@host`) and on any message quoting one (an MLflow error
+    naming the request URL): every error and log line p2p prints about an endpoint goes through
+    it. The one place URI credentials are redacted (doctor, registry, CLI errors).
+    """
+    import re
+
+    def hide(m: re.Match) -> str:
+        return f"{m['scheme']}{m['user']}:***@" if m["pw"] else f"{m['scheme']}***@"
+
+    # the password runs to the LAST "@" of the word: passwords may hold "@" or "/"
+    return re.sub(
+        r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@]*)(?P<pw>:\S*)?@", hide, str(text)
+    )

@@ -22,6 +22,7 @@ from p2p.cli import predict as predict_cmd
 from p2p.cli import registry as registry_cmd
 from p2p.cli import train as train_cmd
 from p2p.errors import P2PError
+from p2p.settings import redact_uri
 
 # The explicit command registry: one module per command group.
 COMMANDS = (
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except P2PError as e:
-        print(f"p2p {args.command}: error: {one_line(e)}", file=sys.stderr)
+        print(f"p2p {args.command}: error: {redact_uri(one_line(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `p2p config show | head`
         return 0

@@ -226,3 +226,19 @@ def test_settings_are_redacted(monkeypatch):
     for secret in ("very-secret-key", "AKIASECRET", "f" * 64, "pg-secret"):
         assert secret not in text
     assert "postgresql://mlflow:***@db:5432/mlflow" in text
+
+
+def test_uri_credentials_redacted_in_checks_and_settings(tmp_path, monkeypatch):
+    """Passwords and bare tokens in URIs never reach doctor's output (p2p.settings.redact_uri,
+    the one redaction shared with the registry and the CLI)."""
+    cfg = load_config(PARAMS)
+    port = free_port()  # nothing listens there
+    for uri, shown in (
+        (f"http://u:p@ss/w0rd@127.0.0.1:{port}", f"http://u:***@127.0.0.1:{port}"),
+        (f"http://T0KEN-abc@127.0.0.1:{port}", f"http://***@127.0.0.1:{port}"),
+    ):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        (check,) = run_checks(cfg, names=("mlflow",), cwd=tmp_path)
+        text = check.line() + report(cfg, [check]) + report(cfg, [check], as_json=True)
+        assert check.status == FAIL and check.target == shown
+        assert "w0rd" not in text and "p@ss" not in text and "T0KEN" not in text
