@@ -124,3 +124,14 @@ def tiny_cfg():
     from p2p.config import load_config
 
     return load_config(None, TINY)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny convolutions on a shared 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

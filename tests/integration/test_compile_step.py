@@ -4,16 +4,9 @@ tests/step_paths.py)."""
 from __future__ import annotations
 
 import pytest
-import torch
 from step_paths import BF16_REL, FP32_REL, assert_tracks, losses, paths_cfg
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convs: tests/conftest.py
 
 
 # slow: inductor compiles G and D forward + backward: 1-3 min cold on 2 cores

@@ -14,13 +14,7 @@ from step_paths import BF16_REL, FP32_REL, assert_tracks, losses, paths_cfg
 
 from p2p.training.step import cpu_bf16_flags, resolve_autocast
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny convs: tests/conftest.py
 
 
 @pytest.fixture(scope="module")
