@@ -4,7 +4,7 @@ never a half-written file, and a failed write leaves what was there untouched.
 Files: write to a temp name in the same directory, fsync it, then `os.replace` (atomic on POSIX;
 the fsync keeps a crash right after the rename from leaving an empty file).
 Directories: build under a temp name, move the old one aside, rename the new one in, delete
-the old one last (`.NAME.old-PID-HEX`; p2p.data.pairs recovers it after a crash).
+the old one last (`.NAME.old-PID-HEX`; p2p.data.writer recovers it after a crash).
 """
 
 from __future__ import annotations

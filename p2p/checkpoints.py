@@ -37,13 +37,23 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # ----------------------------------------------------------------------------- save
 
 
-def unwrap(module: nn.Module) -> nn.Module:
-    """The bare network under DDP/DataParallel (`.module`) and torch.compile (`._orig_mod`)."""
+_PARALLEL = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+
+
+def unwrap(module: nn.Module, *, keep_compiled: bool = False) -> nn.Module:
+    """The bare network under DDP/DataParallel (`.module`) and torch.compile (`._orig_mod`).
+
+    keep_compiled: strip only the data-parallel wrappers and keep a compiled network compiled
+    (the training step runs its frozen D so, outside DDP); a compile wrapper around DDP goes
+    with the DDP under it: torch.compile(DDP(net)) -> net.
+    """
     while True:
-        if hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        elif isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        if isinstance(module, _PARALLEL):
             module = module.module
+        elif hasattr(module, "_orig_mod") and (
+            not keep_compiled or isinstance(module._orig_mod, _PARALLEL)
+        ):
+            module = module._orig_mod
         else:
             return module
 
@@ -311,9 +321,9 @@ def _config_of(obj: dict[str, Any], path: Path) -> ExperimentConfig:
 
 def _bare_generator(cfg: ExperimentConfig) -> nn.Module:
     """The network of `cfg` without the (random) init: its weights are loaded right after."""
-    from p2p.models import GENERATORS
+    from p2p.architectures import generator_spec
 
-    return GENERATORS[cfg.model.generator](cfg.model, cfg.data.input_nc, cfg.data.output_nc)
+    return generator_spec(cfg.model).build(cfg.model, cfg.data.input_nc, cfg.data.output_nc)
 
 
 def _load_strict(g: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -21,12 +21,14 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from p2p import architectures
 from p2p.errors import P2PError
 
 
@@ -91,19 +93,54 @@ def num(
     return field(default=default, metadata={"range": rng})
 
 
+class Names:
+    """The names of a registry, read each time they are needed (so a registry that is costly to
+    import is imported only then, and entries added later count). A container for `choice`
+    fields and argparse `choices=`."""
+
+    def __init__(self, registry: Callable[[], Iterable[str]]) -> None:
+        self._registry = registry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._registry()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._registry()
+
+
+def choice(default: str, names: Names) -> Any:
+    """A string field whose values are the names of a registry: `generator: str =
+    choice("unet", GENERATOR_NAMES)`; checked with the ranges (a one-line ConfigError)."""
+    return field(default=default, metadata={"choices": names})
+
+
+def _build_tasks() -> Iterable[str]:
+    from p2p.data.build import TASKS  # numpy + PIL: imported only when a config is checked
+
+    return TASKS
+
+
+GENERATOR_NAMES = Names(lambda: architectures.GENERATORS)
+DISCRIMINATOR_NAMES = Names(lambda: architectures.DISCRIMINATORS)
+BUILD_TASK_NAMES = Names(_build_tasks)
+
+
 SEED_MAX = 2**32 - 1  # numpy's seed range; torch and random take it too
 
 
 class _Group:
-    """Base of the param groups: checks every declared range, then the group's own rules."""
+    """Base of the param groups: checks every declared range and registry choice, then the
+    group's own rules."""
 
     def __post_init__(self) -> None:
         group = _GROUP_OF.get(type(self), type(self).__name__)
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            rng = f.metadata.get("range")
+            rng, names = f.metadata.get("range"), f.metadata.get("choices")
             value = getattr(self, f.name)
             if rng is not None and value not in rng:
                 raise ConfigError(f"{group}.{f.name}: {value!r} is out of range; allowed: {rng}")
+            if names is not None and value not in names:
+                raise ConfigError(f"{group}.{f.name}: {value!r} is not one of {', '.join(names)}")
         self._check()
 
     def _check(self) -> None:
@@ -146,7 +183,7 @@ class DataConfig(_Group):
 class BuildConfig(_Group):
     """How pairs are made from plain photos (`p2p data build`, `p2p data demo`)."""
 
-    task: Literal["edges", "colorize", "superres"] = "edges"  # edges->photo, gray->color, low->high
+    task: str = choice("edges", BUILD_TASK_NAMES)  # p2p.data.build.TASKS: edges, colorize, ...
     num_pairs: int = num(240, ge=1)  # pairs in all splits together (crops spread over the photos)
     size: int = num(256, ge=1)  # side of each square pair image
     seed: int = num(0, ge=0, le=SEED_MAX)  # builds are deterministic for a given seed
@@ -160,11 +197,11 @@ class BuildConfig(_Group):
 
 @dataclass(frozen=True)
 class ModelConfig(_Group):
-    generator: Literal["unet", "resnet"] = "unet"  # U-Net (pix2pix) or ResNet (CycleGAN-style)
+    generator: str = choice("unet", GENERATOR_NAMES)  # p2p.architectures: unet (pix2pix), resnet
     num_downs: int = num(8, ge=1, le=10)  # U-Net depth: 8 for 256 px (unet_256), 7 for 128 px
     resnet_blocks: int = num(9, ge=1)  # ResNet generator: 6 or 9 blocks
     base_channels: int = num(64, ge=1)  # ngf in the paper: filters in the first G layer
-    discriminator: Literal["basic", "n_layers", "pixel"] = "basic"  # basic = 70x70 PatchGAN
+    discriminator: str = choice("basic", DISCRIMINATOR_NAMES)  # basic = 70x70 PatchGAN
     disc_layers: int = num(3, ge=1)  # n_layers_D; basic is 3
     disc_channels: int = num(64, ge=1)  # ndf in the paper
     norm: Literal["batch", "instance", "none"] = "batch"  # pix2pix uses batch norm at batch 1
@@ -251,16 +288,16 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if self.model.generator == "unet":
-            m = 2**self.model.num_downs
-            # preprocess "resize" trains at load_size (as the reference); every other mode at crop
-            sizes = ["crop_size"] + (["load_size"] if self.data.preprocess == "resize" else [])
-            for k in sizes:
-                if getattr(self.data, k) % m:
-                    raise ConfigError(
-                        f"data.{k} ({getattr(self.data, k)}) must be a multiple of "
-                        f"2**model.num_downs ({m})"
-                    )
+        spec = architectures.GENERATORS[self.model.generator]
+        m = spec.size_multiple(self.model)
+        # preprocess "resize" trains at load_size (as the reference); every other mode at crop
+        sizes = ["crop_size"] + (["load_size"] if self.data.preprocess == "resize" else [])
+        for k in sizes:
+            if getattr(self.data, k) % m:
+                raise ConfigError(
+                    f"data.{k} ({getattr(self.data, k)}) must be a multiple of "
+                    f"{m} ({spec.size_rule}, model.generator {self.model.generator})"
+                )
         n = max(self.resources.num_workers, 1)
         if self.train.batch_size % n:
             raise ConfigError(

@@ -1,8 +1,9 @@
 """Run a generator on PIL images: the library behind `p2p predict` and evaluation samples.
 
 Images become (C, H, W) tensors in [-1, 1] (x / 127.5 - 1, the reference's ToTensor + Normalize
-(0.5, 0.5)). A U-Net needs sides that are multiples of 2**num_downs (a ResNet: of 4); other sizes
-are resized (bicubic) to the nearest valid size for the network and the result is resized back,
+(0.5, 0.5)). A generator needs sides that are multiples of its size multiple
+(`p2p.architectures.size_multiple`: 2**num_downs for a U-Net, 4 for a ResNet); other sizes are
+resized (bicubic) to the nearest valid size for the network and the result is resized back,
 with a log message. Images of the same network size are batched together.
 
 Two inference modes (`eval.inference_mode`, recorded on every registered version):
@@ -35,6 +36,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from p2p.architectures import size_multiple
 from p2p.checkpoints import unwrap
 from p2p.config import ExperimentConfig
 from p2p.data.images import to_channels
@@ -160,9 +162,7 @@ def geometry(g: nn.Module, cfg: ExperimentConfig | None = None) -> tuple[int, in
         from_module = (base.input_nc, base.output_nc, base.size_multiple)
     from_cfg = None
     if cfg is not None:
-        m = cfg.model
-        multiple = 2**m.num_downs if m.generator == "unet" else 4
-        from_cfg = (cfg.data.input_nc, cfg.data.output_nc, multiple)
+        from_cfg = (cfg.data.input_nc, cfg.data.output_nc, size_multiple(cfg.model))
     if from_module and from_cfg and from_module != from_cfg:
         raise ValueError(
             f"generator (in, out, size multiple) {from_module} does not match the config {from_cfg}"

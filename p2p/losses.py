@@ -5,6 +5,9 @@ maps the size of the PatchGAN output, i.e. a mean over patches). "lsgan" (MSE on
 "wgangp" (the critic score, plus `gradient_penalty` on the D side) are the reference's
 alternatives. The L1 term is plain `F.l1_loss` in the training step.
 
+Each mode is one `GAN_MODES` entry: its loss and the penalty it adds to D's loss, which the
+training step asks for with `gan_loss.d_penalty(...)`.
+
 Deliberate difference from the reference: with `gan_mode: wgangp` the training step adds
 `gradient_penalty` (weight `loss.lambda_gp`, default 10) to D's loss. The reference defines
 `cal_gradient_penalty` but its pix2pix model never calls it, so its "wgangp" is an unconstrained
@@ -15,19 +18,57 @@ reference exactly. vanilla and lsgan match the reference.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-GAN_MODES = ("vanilla", "lsgan", "wgangp")
+if TYPE_CHECKING:
+    from p2p.config import ExperimentConfig, LossConfig
+
+
+@dataclass(frozen=True)
+class GanMode:
+    """A `loss.gan_mode`: its loss on D logits, and the penalty it adds to D's loss (if any).
+
+    loss: (pred float32, target_is_real, real_label, fake_label) -> scalar.
+    d_penalty: (d, real D input, fake D input, cfg.loss) -> scalar added to loss_D; None: none.
+    """
+
+    loss: Callable[[torch.Tensor, bool, float, float], torch.Tensor]
+    d_penalty: (
+        Callable[[nn.Module, torch.Tensor, torch.Tensor, LossConfig], torch.Tensor] | None
+    ) = None
+
+
+def _targets(pred: torch.Tensor, is_real: bool, real: float, fake: float) -> torch.Tensor:
+    return torch.full_like(pred, real if is_real else fake)
+
+
+# loss.gan_mode -> its entry (p2p.config's gan_mode choices are these names; a test checks it)
+GAN_MODES: dict[str, GanMode] = {
+    # BCE with logits against all-real / all-fake maps: a mean over B x 1 x h x w patches
+    "vanilla": GanMode(
+        lambda p, r, rl, fl: F.binary_cross_entropy_with_logits(p, _targets(p, r, rl, fl))
+    ),
+    "lsgan": GanMode(lambda p, r, rl, fl: F.mse_loss(p, _targets(p, r, rl, fl))),
+    # the critic score; D's loss also gets the gradient penalty (module docstring)
+    "wgangp": GanMode(
+        lambda p, r, rl, fl: -p.mean() if r else p.mean(),
+        d_penalty=lambda d, real, fake, lc: gradient_penalty(d, real, fake, weight=lc.lambda_gp),
+    ),
+}
 
 
 class GANLoss(nn.Module):
     """`loss(pred_logits, target_is_real) -> scalar`, computed in float32.
 
     Args:
-        mode: "vanilla" (BCE with logits), "lsgan" (MSE) or "wgangp" (-mean for real, +mean
-            for fake).
+        mode: a GAN_MODES name: "vanilla" (BCE with logits), "lsgan" (MSE) or "wgangp" (-mean
+            for real, +mean for fake, plus a gradient penalty on D: `d_penalty`).
         real_label: target value for real (1.0).
         fake_label: target value for fake (0.0).
     """
@@ -37,15 +78,19 @@ class GANLoss(nn.Module):
         if mode not in GAN_MODES:
             raise ValueError(f"unknown gan_mode {mode!r}; one of {', '.join(GAN_MODES)}")
         self.mode, self.real_label, self.fake_label = mode, real_label, fake_label
+        self._spec = GAN_MODES[mode]
 
     def forward(self, pred: torch.Tensor, target_is_real: bool) -> torch.Tensor:
         pred = pred.float()  # losses in fp32 even under bf16 autocast
-        if self.mode == "wgangp":
-            return -pred.mean() if target_is_real else pred.mean()
-        target = torch.full_like(pred, self.real_label if target_is_real else self.fake_label)
-        if self.mode == "vanilla":
-            return F.binary_cross_entropy_with_logits(pred, target)  # mean over B x 1 x h x w
-        return F.mse_loss(pred, target)
+        return self._spec.loss(pred, target_is_real, self.real_label, self.fake_label)
+
+    def d_penalty(
+        self, d: nn.Module, real: torch.Tensor, fake: torch.Tensor, cfg: ExperimentConfig
+    ) -> torch.Tensor | float:
+        """What this mode adds to D's loss for D inputs `real` / `fake` (0.0 for none)."""
+        if self._spec.d_penalty is None:
+            return 0.0
+        return self._spec.d_penalty(d, real, fake, cfg.loss)
 
 
 def gradient_penalty(

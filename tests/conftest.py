@@ -1,5 +1,19 @@
 """Shared fixtures. Real components, local only: a moto S3 server over HTTP, sqlite MLflow in a
-temp dir, an isolated Prefect home. No network, no GPU, no Docker, no cloud account."""
+temp dir, an isolated Prefect home. No network, no GPU, no Docker, no cloud account.
+
+Where a test goes (the folder says how it runs; the marks follow the folders):
+
+    tests/unit         fast, in-process tests; `pytest -m "not slow"` (make test-fast) runs them.
+                       None may be marked slow (collection fails if one is).
+    tests/integration  real Ray / S3 (moto) / MLflow / Prefect / DVC, torch.compile, or
+                       full-size data: every test here is marked `slow` by
+                       tests/integration/conftest.py.
+    tests/gpu          needs CUDA (`gpu` mark). A `gpu` test that compares with a CPU test may
+                       sit beside it in tests/unit; every `gpu` test skips where there is no CUDA.
+
+Helpers shared by several test files are modules in tests/ (on the path: pyproject's pytest
+`pythonpath`): data_fixtures.py, download_fixtures.py, step_paths.py.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +43,17 @@ if _BIN not in os.environ.get("PATH", "").split(os.pathsep):
     os.environ["PATH"] = _BIN + os.pathsep + os.environ.get("PATH", "")
 
 
+UNIT = Path(__file__).parent / "unit"
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run only where CUDA is available (the lent GPU machine)."""
+    """No slow test in tests/unit (module docstring); `gpu` tests run only where CUDA is
+    available (the lent GPU machine)."""
+    slow_units = [i.nodeid for i in items if "slow" in i.keywords and UNIT in Path(i.path).parents]
+    if slow_units:
+        raise pytest.UsageError(
+            f"{slow_units[0]}: marked slow but in tests/unit; move it to tests/integration"
+        )
     try:
         import torch
 
@@ -101,3 +124,14 @@ def tiny_cfg():
     from p2p.config import load_config
 
     return load_config(None, TINY)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (tiny convolutions on a shared 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -48,9 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p2p.cli import load_cfg
+    from p2p.config import load_config
 
-    cfg = load_cfg(args)
+    cfg = load_config(args.params, args.overrides)  # the CLI's --params / --set
     # the paper's input pipeline: 286 -> random 256 crop + flip
     data = dataclasses.replace(
         cfg.data, load_size=286, crop_size=256, preprocess="resize_and_crop", flip=True

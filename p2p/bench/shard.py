@@ -30,9 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from p2p.cli import load_cfg
+    from p2p.config import load_config
 
-    cfg = load_cfg(args)
+    cfg = load_config(args.params, args.overrides)  # the CLI's --params / --set
     tar = shutil.which("tar")
     if tar is None:
         from p2p.errors import P2PError

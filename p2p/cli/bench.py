@@ -1,5 +1,7 @@
 """`p2p bench NAME`: benchmarks that print figures. Each bench module provides
-`add_arguments(parser)` and `run(args) -> int`; the registry below is explicit."""
+`add_arguments(parser)` and `run(args) -> int` (the config from the common `--params` / `--set`
+options, through p2p.config: bench modules do not import p2p.cli); the registry below is
+explicit."""
 
 from __future__ import annotations
 

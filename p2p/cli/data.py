@@ -1,4 +1,9 @@
-"""`p2p data`: import | build | demo | validate | prepare (+ shard, registered by the shards work).
+"""`p2p data ACTION`: the data commands.
+
+This module holds the commands that make a canonical raw dataset (import, build, demo), check
+one (validate) and the `prepare` stage, and registers the rest of the group: `shard`
+(p2p.cli.shard), the DVC data versions `version | pull | remote` (p2p.cli.versioning) and
+`download` (p2p.cli.download).
 
 `prepare` is the DVC stage: driven only by params (data.source, data.source_format,
 data.on_error, data.raw_dir, build.*). The others are the same operations with explicit paths.
@@ -13,6 +18,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from p2p.config import BUILD_TASK_NAMES  # the names of p2p.data.build.TASKS, read lazily
+
     p = sub.add_parser("data", help="import, build, validate and shard paired datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
 
@@ -35,7 +42,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     bld = dsub.add_parser(
         "build", parents=[common], help="make pairs from a folder of photos (edges|colorize|...)"
     )
-    bld.add_argument("--task", choices=["edges", "colorize", "superres"], help="build.task")
+    bld.add_argument("--task", choices=BUILD_TASK_NAMES, help="build.task")
     bld.add_argument("--src", type=Path, required=True, help="folder of photos")
     bld.add_argument("--out", type=Path, required=True, help="canonical dataset dir to write")
     bld.add_argument("--num-pairs", type=int, help="build.num_pairs")
@@ -64,11 +71,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     prep.set_defaults(func=prepare_cmd)
 
+    from p2p.cli import download
     from p2p.cli import shard as shard_cmd
+    from p2p.cli import versioning as versioning_cmd
 
     shard_cmd.register_data_subcommands(dsub, common)
-
-    from p2p.cli import download
+    versioning_cmd.register_data_subcommands(dsub, common)
 
     download.register_data_subcommand(dsub, common)
 

@@ -12,5 +12,11 @@ Modules (import the one you need; this package imports nothing so it stays cheap
 - `importer`: `import_pairs` (decode each image once, validate, encode, write).
 - `validate`: `validate_dataset` of a canonical dataset or a source layout.
 - `pairs`: temporary re-exports of the names above for older callers.
-- `build`: pairs made from plain photos (edges | colorize | superres) and the demo dataset.
+- `build`: pairs made from plain photos (`TASKS`: edges | colorize | superres) and the demo dataset.
+- `download`: the paper's published datasets (facades, maps, ...), fetched, checked, imported.
+- `prepare`: the `prepare` stage, data.source -> the canonical dataset at data.raw_dir.
+- `versioning`: dataset versions with DVC (dvc add + the .dvc file + push, pull, remotes).
+- `shards`: WebDataset shards from a canonical dataset (deterministic tars + an index).
+- `storage`: local paths and s3:// URLs behind one small API (the library's S3 client, `s3_client`).
+- `dataset`: the streaming training loader over shards, equal batches on every rank.
 """

@@ -14,7 +14,7 @@ NAME.tar.gz`: a folder NAME/ with train/, val/ (and for some test/) of A|B image
    devices (checked member by member, then tarfile's `filter="data"` as a second guard);
    into DEST/NAME (kept: it is `data.source` of params/NAME.yaml, so `p2p data prepare` can
    re-import it);
-4. imports it with `p2p.data.pairs.import_pairs` (aligned format) into data/raw/NAME, and
+4. imports it with `p2p.data.importer.import_pairs` (aligned format) into data/raw/NAME, and
    optionally versions that with DVC (`p2p data version`'s code path).
 
 The base URL can be overridden with P2P_DATASETS_URL (mirrors, tests). The direction each
@@ -180,7 +180,7 @@ def download_dataset(
 
     raw_dir, counts, data_version = None, {}, None
     if import_:
-        from p2p.data.pairs import import_pairs
+        from p2p.data.importer import import_pairs
 
         data = data or DataConfig(direction=spec.direction)
         raw_dir = Path(out) if out is not None else Path("data/raw") / name

@@ -10,8 +10,9 @@ with batch, height and width left dynamic.
     p2p.layout                         NCHW float32 (batch, channels, height, width)
     p2p.input_channels, p2p.output_channels
     p2p.range                          [-1, 1]: x = pixel / 127.5 - 1; pixel = (y + 1) * 127.5
-    p2p.size_multiple                  H and W must be positive multiples of it (2**num_downs
-                                       for the U-Net: 256 for unet_256; 4 for the ResNet)
+    p2p.size_multiple                  H and W must be positive multiples of it
+                                       (`p2p.architectures.size_multiple`: 2**num_downs for the
+                                       U-Net, 256 for unet_256; 4 for the ResNet)
     p2p.resize                         how to feed other sizes: resize (bicubic) to the nearest
                                        multiple and resize the output back (what the pyfunc and
                                        `p2p predict` do), or pad (reflect) and crop the output
@@ -39,7 +40,7 @@ from __future__ import annotations
 import copy
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ import torch.nn as nn
 
 from p2p.atomic import write_atomic
 from p2p.errors import P2PError
+
+if TYPE_CHECKING:
+    from p2p.config import ExperimentConfig
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME, SEED_NAME = "input", "output", "seed"
@@ -132,11 +136,12 @@ def exportable(g: nn.Module, mode: str) -> nn.Module:
     return unwrap(g) if mode == "eval" else PaperGraph(unwrap(g)).eval()
 
 
-def contract(g: nn.Module, mode: str) -> dict[str, str]:
-    """The input contract of `g`'s export in `mode`, as metadata_props (module docstring)."""
+def contract(g: nn.Module, mode: str, cfg: ExperimentConfig | None = None) -> dict[str, str]:
+    """The input contract of `g`'s export in `mode`, as metadata_props (module docstring);
+    channels and size multiple from `g`'s attributes or `cfg` (`p2p.inference.geometry`)."""
     from p2p.inference import geometry
 
-    in_nc, out_nc, multiple = geometry(g)
+    in_nc, out_nc, multiple = geometry(g, cfg)
     return {
         f"{PREFIX}input_name": INPUT_NAME,
         f"{PREFIX}output_name": OUTPUT_NAME,
@@ -168,22 +173,28 @@ def contract(g: nn.Module, mode: str) -> dict[str, str]:
 
 
 def export_onnx(
-    g: nn.Module, path: str | Path, example: torch.Tensor, *, mode: str = "eval"
+    g: nn.Module,
+    path: str | Path,
+    example: torch.Tensor,
+    *,
+    mode: str = "eval",
+    cfg: ExperimentConfig | None = None,
 ) -> Path:
     """Write `g` in inference `mode` as ONNX, with its contract as metadata, atomically.
 
     Args:
-        g: the generator (needs input_nc/output_nc/size_multiple); its training flag is kept.
+        g: the generator; its training flag is kept.
         path: destination .onnx file.
         example: an input batch (N, C, H, W) to trace with; H, W multiples of the net's stride.
         mode: "eval" or "paper" (module docstring).
+        cfg: its config; needed when `g` lacks input_nc/output_nc/size_multiple attributes.
     """
     try:
         import onnx
     except ImportError:
         raise P2PError("ONNX export needs the 'onnx' package (see requirements.lock)") from None
     path = Path(path)
-    props = contract(g, mode)
+    props = contract(g, mode, cfg)
     net = exportable(g, mode)
     paper = mode == "paper"
     was_training = g.training

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 
+from p2p.checkpoints import unwrap
 from p2p.config import ExperimentConfig
-from p2p.losses import GANLoss, gradient_penalty
+from p2p.losses import GANLoss
 
 LOSS_KEYS = ("loss_d", "loss_d_real", "loss_d_fake", "loss_g", "loss_g_gan", "loss_g_l1")
 
@@ -76,16 +76,6 @@ def set_requires_grad(module: nn.Module, flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def without_ddp(module: nn.Module) -> nn.Module:
-    """The module under a DDP wrapper (also under torch.compile(DDP(net))); else `module`."""
-    if isinstance(module, DistributedDataParallel):
-        return module.module
-    inner = getattr(module, "_orig_mod", None)
-    if isinstance(inner, DistributedDataParallel):
-        return inner.module
-    return module
-
-
 def train_step(
     g: nn.Module,
     d: nn.Module,
@@ -121,7 +111,7 @@ def train_step(
         else contextlib.nullcontext()
     )
     # For the G step D runs outside DDP: its params are frozen, so there is nothing to all-reduce.
-    d_plain = without_ddp(d)
+    d_plain = unwrap(d, keep_compiled=True)
 
     with amp:
         fake_b = g(real_a)  # (B, output_nc, H, W)
@@ -136,8 +126,7 @@ def train_step(
         loss_d_fake = gan_loss(d(fake_ab), False)  # D logits (B, 1, h, w) -> scalar
         loss_d_real = gan_loss(d(real_ab), True)
     loss_d = 0.5 * (loss_d_fake + loss_d_real)
-    if gan_loss.mode == "wgangp":
-        loss_d = loss_d + gradient_penalty(d, real_ab, fake_ab, weight=cfg.loss.lambda_gp)
+    loss_d = loss_d + gan_loss.d_penalty(d, real_ab, fake_ab, cfg)  # e.g. wgangp's GP; else 0
     loss_d.backward()
     opt_d.step()
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
+from step_paths import paths_cfg
 
-from p2p.config import load_config
 from p2p.losses import GANLoss
 from p2p.models import build_discriminator, build_generator
 from p2p.training.step import train_step
@@ -17,17 +17,7 @@ pytestmark = pytest.mark.gpu
 
 
 def test_bf16_step_on_cuda():
-    cfg = load_config(
-        None,
-        {
-            "data.crop_size": 32,
-            "data.load_size": 32,
-            "model.num_downs": 5,
-            "model.base_channels": 8,
-            "model.disc_channels": 8,
-            "model.use_dropout": False,
-        },
-    )
+    cfg = paths_cfg()  # the tiny U-Net of the CPU fast-path tests
     torch.manual_seed(0)
     g = build_generator(cfg.model, 3, 3).train().cuda()
     d = build_discriminator(cfg.model, 6).train().cuda()

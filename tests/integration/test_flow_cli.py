@@ -1,8 +1,8 @@
 """The command line of the flow modules (pipelines/cli.py): `python -m pipelines.<flow>`.
 
 `--help` and bad arguments run nothing (no flow run, no Prefect API, no files); `--set` is the
-`p2p` CLI's and reaches the config the flow's tasks use. The parse tests are cheap; the one
-real flow run (training_flow stopped by a missing shard index named by `--set`) is marked slow.
+`p2p` CLI's and reaches the config the flow's tasks use. The parse tests are cheap (they import
+Prefect); one real flow run: training_flow stopped by a missing shard index named by `--set`.
 """
 
 from __future__ import annotations

@@ -165,15 +165,6 @@ def test_build_demo_is_byte_deterministic(tmp_path):
     assert '"skimage/data/astronaut.png"' in text
 
 
-@pytest.mark.slow
-def test_build_demo_default_params(tmp_path):
-    rep = build_demo(tmp_path / "demo", BuildConfig(), DataConfig())
-    assert rep.counts == {"train": 192, "val": 24, "test": 24}
-    m = load_manifest(tmp_path / "demo")
-    assert {p.a_size for p in m.entries} == {(256, 256)}
-    print(f"demo: {len(m)} pairs, {rep.bytes / 1e6:.1f} MB in {rep.seconds:.1f} s")
-
-
 # ----------------------------------------------------------------------------- CLI
 
 

@@ -277,7 +277,7 @@ def test_cli_bugs_keep_their_traceback(monkeypatch, capsys):
 def test_data_version_commit_hint_is_shell_quoted():
     import shlex
 
-    from p2p.cli.shard import commit_hint
+    from p2p.cli.versioning import commit_hint
     from p2p.data.versioning import DataVersion
 
     v = DataVersion(
