@@ -140,7 +140,7 @@ def prepare(cfg: dict[str, Any]) -> dict[str, Any]:
 def validate(cfg: dict[str, Any]) -> dict[str, int]:
     """Validate the canonical dataset (every image decoded, sha256 checked); raises with every
     offending file listed."""
-    from p2p.data.pairs import validate_dataset
+    from p2p.data.validate import validate_dataset
 
     c = cfg_of(cfg)
     report = validate_dataset(c.data.raw_dir, data=c.data)

@@ -61,7 +61,7 @@ def _dataset(root: Path, n: int, size: int, data) -> Path:
     from PIL import Image
 
     from p2p.data.images import encode_png
-    from p2p.data.pairs import DatasetWriter
+    from p2p.data.writer import DatasetWriter
 
     rng = np.random.default_rng(0)
     pool = [

@@ -104,9 +104,10 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         _print_table(rows)
     if not args.no_scaling:
-        from p2p.cli import load_cfg
+        from p2p.config import load_config
 
-        _print_scaling(bench_scaling(load_cfg(args), args.scaling_steps))
+        cfg = load_config(args.params, args.overrides)
+        _print_scaling(bench_scaling(cfg, args.scaling_steps))
     return 0
 
 

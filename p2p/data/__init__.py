@@ -11,7 +11,6 @@ Modules (import the one you need; this package imports nothing so it stays cheap
 - `sources`: scan of the aligned | folders source layouts into candidate pairs.
 - `importer`: `import_pairs` (decode each image once, validate, encode, write).
 - `validate`: `validate_dataset` of a canonical dataset or a source layout.
-- `pairs`: temporary re-exports of the names above for older callers.
 - `build`: pairs made from plain photos (`TASKS`: edges | colorize | superres) and the demo dataset.
 - `download`: the paper's published datasets (facades, maps, ...), fetched, checked, imported.
 - `prepare`: the `prepare` stage, data.source -> the canonical dataset at data.raw_dir.

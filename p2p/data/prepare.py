@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from p2p.config import ExperimentConfig
-from p2p.data.pairs import ImportReport
+from p2p.data.reports import ImportReport
 from p2p.errors import DataError
 
 
@@ -27,7 +27,7 @@ def prepare_dataset(cfg: ExperimentConfig) -> ImportReport:
         from p2p.data.build import build_pairs
 
         return build_pairs(d.source, out, build=cfg.build, data=d, on_error=d.on_error)
-    from p2p.data.pairs import import_pairs
+    from p2p.data.importer import import_pairs
 
     return import_pairs(
         d.source,

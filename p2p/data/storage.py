@@ -1,4 +1,4 @@
-"""Local paths and `s3://bucket/key` URLs behind one small API; the only module that talks to S3.
+"""Local paths and `s3://bucket/key` URLs behind one small API; the library's S3 client.
 
 Where S3 is: `AWS_ENDPOINT_URL` (MinIO, moto) or AWS itself; region from `AWS_DEFAULT_REGION`.
 Credentials come only from boto3's standard chain (environment, profile, instance role); this

@@ -154,7 +154,7 @@ def log_and_register(
         rng = torch.Generator().manual_seed(0)  # fixed inputs; the global RNG is not touched
         example = torch.rand(2, model_cfg.data.input_nc, side, side, generator=rng) * 2 - 1
         served = model_cfg.eval.inference_mode  # the pyfunc and the ONNX export use it
-        export_onnx(g, staged / ARTIFACT_ONNX, example, mode=served)
+        export_onnx(g, staged / ARTIFACT_ONNX, example, mode=served, cfg=model_cfg)
         # check on another batch size than the traced one: the batch axis must be dynamic
         probe = torch.rand(3, *example.shape[1:], generator=rng) * 2 - 1
         onnx_check = verify_onnx(staged / ARTIFACT_ONNX, g, probe, mode=served)

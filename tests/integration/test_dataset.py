@@ -17,8 +17,8 @@ from PIL import Image
 from p2p.config import DataConfig
 from p2p.data import storage
 from p2p.data.dataset import ShardStream, iter_tar_samples, make_loader
-from p2p.data.pairs import DatasetWriter
 from p2p.data.shards import read_index, write_shards
+from p2p.data.writer import DatasetWriter
 from p2p.errors import DataError
 
 # preprocess "none" keeps 32x32 images as they are, so every pixel survives the transform

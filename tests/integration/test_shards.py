@@ -16,8 +16,9 @@ from PIL import Image
 
 from p2p.config import DataConfig
 from p2p.data import storage
-from p2p.data.pairs import DatasetWriter, InvalidDataset
+from p2p.data.reports import InvalidDataset
 from p2p.data.shards import read_index, shard_urls, write_shards
+from p2p.data.writer import DatasetWriter
 from p2p.errors import DataError
 
 DATA = DataConfig(load_size=36, crop_size=32, shard_max_count=4, loader_workers=0)

@@ -13,7 +13,7 @@ from download_fixtures import Server, add_member, facades_tarball
 
 from p2p.cli import main
 from p2p.data.download import DATASETS, download_dataset, safe_extract
-from p2p.data.pairs import load_manifest
+from p2p.data.manifest import load_manifest
 from p2p.errors import DataError
 
 
