@@ -1,9 +1,12 @@
 """`train_loop_per_worker`: the Ray Train entry point, run once per worker process.
 
-This is the only module that imports `ray.train`. The four Ray touch points are numbered:
+The worker side of Ray Train: `trainer.py` (driver: TorchTrainer, ScalingConfig, RunConfig),
+`failures.py` (controller callback) and `distributed.py` (process-group backend, placement) hold
+the other `ray.train` calls. The four touch points here are numbered:
 (1) `get_context` (rank and world size: data split and per-worker batch), (2) `prepare_model`
 (device + DDP), (3) `get_checkpoint` (resume), (4) `report` (metrics + checkpoint). The maths is
-`p2p.training.step.train_step`; everything else here is plumbing.
+`p2p.training.step.train_step`; what ranks exchange is in `p2p.training.collectives`, the
+per-epoch validation in `_validate`; everything else here is plumbing.
 
 Batch semantics: `train.batch_size` is the GLOBAL batch. Each of the W workers gets
 `batch_size // W` samples per step and DDP averages the gradients, so one optimizer step sees the
@@ -13,7 +16,8 @@ reads exactly that many equal batches (p2p.data.dataset.make_loader), so no rank
 an all-reduce.
 
 BatchNorm under DDP (pix2pix uses BatchNorm in G and D), chosen deliberately:
-- G and D are wrapped separately, each with `broadcast_buffers=False`. The default (True) copies
+- G and D are wrapped separately, each with the per-forward buffer broadcast off
+  (`broadcast_buffers=False`, `no_buffer_sync_kwargs`). The default (True) copies
   rank 0's BN running statistics into every rank, in place, before each forward; D runs several
   forwards per step (real, fake, fake-for-G), and that in-place copy breaks autograd on CUDA with
   recent torch ("modified by an inplace operation"), besides throwing away the other ranks'
@@ -22,8 +26,7 @@ BatchNorm under DDP (pix2pix uses BatchNorm in G and D), chosen deliberately:
   the reference implementation's own DDP mode does. SyncBatchNorm would pool statistics over the
   global batch, but torch implements it for GPUs only, and CPU runs must do the same maths.
 - Running statistics (used only in eval mode) are averaged over ranks at every epoch end, before
-  validation and checkpointing, so every rank holds the same buffers and the saved generator's
-  statistics reflect all ranks' data.
+  validation and checkpointing (`p2p.training.collectives.average_bn_buffers`).
 
 Checkpoints: every `train.checkpoint_every` epochs and after the last one, rank 0 writes the full
 state (p2p.training.state) into `epoch_NNNN` (NNNN = epochs finished) and every rank calls
@@ -47,18 +50,28 @@ import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from p2p.config import ExperimentConfig
+from p2p.training.collectives import (
+    all_mean,
+    all_sum,
+    average_bn_buffers,
+    gather_rng,
+    no_buffer_sync_kwargs,
+)
+from p2p.training.runtime import configure_backends
 from p2p.training.state import (
     TrainState,
     apply_optim_config,
     load_state,
-    rng_state,
     save_state,
     seed_everything,
 )
 from p2p.training.tracking import RunLogger, sample_grid
+
+# p2p.bench imports these from here; their home is p2p.training.runtime / .collectives
+__all__ = ["configure_backends", "make_optimizers", "train_loop_per_worker"]
+_no_buffer_sync_kwargs = no_buffer_sync_kwargs
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
@@ -103,7 +116,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     g, d = g.to(memory_format=memory_format), d.to(memory_format=memory_format)
 
     # (2) device + DDP, G and D separately (see the module docstring for broadcast_buffers)
-    ddp_kwargs = _no_buffer_sync_kwargs()
+    ddp_kwargs = no_buffer_sync_kwargs()
     g = ray.train.torch.prepare_model(g, parallel_strategy_kwargs=ddp_kwargs)
     d = ray.train.torch.prepare_model(d, parallel_strategy_kwargs=ddp_kwargs)
     if t.compile:
@@ -189,7 +202,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             if fault_step and state.step == fault_step and rank == world - 1:
                 _fault_exit(fault_step, rank, last_report)  # test-only
             if state.step % t.log_every == 0:
-                mean = _all_mean(sums / n_sum)  # average over the interval and the ranks
+                mean = all_mean(sums / n_sum)  # average over the interval and the ranks
                 elapsed = time.perf_counter() - t_log
                 row = {
                     "step": state.step,
@@ -210,8 +223,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 n_sum, t_log = 0, time.perf_counter()
 
         state.epoch = epoch + 1
-        _average_bn_buffers(g)
-        _average_bn_buffers(d)
+        average_bn_buffers(g)  # every rank: the same running statistics (p2p.training.collectives)
+        average_bn_buffers(d)
 
         val = _validate(
             cfg, g, rank, world, per_worker_batch, to_device, amp_dtype, logger, state.epoch
@@ -238,7 +251,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             )
 
         if state.epoch % t.checkpoint_every == 0 or state.epoch == epochs:
-            rngs = _gather_rng()  # every rank's RNG state, so a resume continues each stream
+            rngs = gather_rng()  # every rank's RNG state, so a resume continues each stream
             # (4) report: a barrier on every rank; rank 0 attaches the checkpoint directory
             with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
                 ckpt = None
@@ -254,42 +267,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- setup
-
-
-def configure_backends(device: torch.device) -> None:
-    """Per-process settings of the training step (the bench uses them too).
-
-    CUDA: cudnn.benchmark (fixed input sizes: pick the fastest conv kernels) and TF32.
-    CPU: keep freed memory for reuse (`_keep_freed_memory`).
-    """
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        _keep_freed_memory()
-
-
-def _keep_freed_memory() -> None:
-    """Make glibc malloc reuse freed memory instead of returning it to the OS.
-
-    PyTorch on CPU allocates every activation and gradient with malloc. glibc serves large
-    blocks with fresh mmap()s and gives them back on free, so each training step page-faults
-    and zeroes all of its activation memory again (hundreds of MB per step at 256x256). With
-    mmap off and heap trimming off, the blocks freed by one step serve the next: the same
-    arithmetic, no page faults (what jemalloc/tcmalloc give, without preloading a library). The
-    cost: the process keeps its peak heap. A no-op where libc has no mallopt (non-glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(m_mmap_max, 0)  # large blocks come from the heap too
-        libc.mallopt(m_trim_threshold, -1)  # never shrink the heap
-    except (OSError, AttributeError):
-        pass
 
 
 def make_optimizers(
@@ -312,72 +289,12 @@ def make_optimizers(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _no_buffer_sync_kwargs() -> dict[str, bool]:
-    """DDP kwargs that stop the per-forward buffer broadcast (torch >= 2.13 spells it
-    `forward_sync_buffers`, which still syncs once at init: identical initial buffers)."""
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel
-
-    params = inspect.signature(DistributedDataParallel.__init__).parameters
-    if "forward_sync_buffers" in params:
-        return {"forward_sync_buffers": False}
-    return {"broadcast_buffers": False}
-
-
 def _steps_per_epoch(cfg: ExperimentConfig, split: str, global_batch: int) -> int:
     """Train samples // global batch, from the shard index (make_loader's default)."""
     from p2p.data.shards import read_index
 
     n = read_index(cfg.data.shards).samples(split)
     return max(n // global_batch, 1) if n else 1
-
-
-def _all_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of a small CPU tensor over all ranks (identity without a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone().to(_collective_device())
-        dist.all_reduce(x)
-        x = x.cpu() / dist.get_world_size()
-    return x
-
-
-def _all_sum(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone().to(_collective_device())
-        dist.all_reduce(x)
-        x = x.cpu()
-    return x
-
-
-def _collective_device() -> torch.device:
-    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _gather_rng() -> list[dict[str, Any]]:
-    mine = rng_state()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        out: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(out, mine)
-        return out
-    return [mine]
-
-
-@torch.no_grad()
-def _average_bn_buffers(module: torch.nn.Module) -> None:
-    """Average BatchNorm running statistics over ranks (per-rank stats diverge without
-    broadcast_buffers; see the module docstring)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return
-    dev = _collective_device()
-    for name, buf in module.named_buffers():
-        if name.endswith(("running_mean", "running_var")):
-            x = buf.detach().to(dev, torch.float32)
-            dist.all_reduce(x)
-            buf.copy_((x / dist.get_world_size()).to(buf.device, buf.dtype))
 
 
 def _step_scheduler(sched: Any, l1: float | None) -> None:
@@ -460,7 +377,7 @@ def _validate(
         for k, v in net.named_buffers():
             v.copy_(saved[k])
     net.train()
-    sums = _all_sum(sums)  # equal batches per rank: every rank reaches this collective
+    sums = all_sum(sums)  # equal batches per rank: every rank reaches this collective
     total = max(float(sums[3]), 1.0)
     val = {"val_l1": sums[0] / total, "val_psnr": sums[1] / total, "val_ssim": sums[2] / total}
     val = {k: float(v) for k, v in val.items()}
