@@ -6,7 +6,7 @@ the other `ray.train` calls. The four touch points here are numbered:
 (1) `get_context` (rank and world size: data split and per-worker batch), (2) `prepare_model`
 (device + DDP), (3) `get_checkpoint` (resume), (4) `report` (metrics + checkpoint). The maths is
 `p2p.training.step.train_step`; what ranks exchange is in `p2p.training.collectives`, the
-per-epoch validation in `_validate`; everything else here is plumbing.
+per-epoch validation in `p2p.training.validation`; everything else here is plumbing.
 
 Batch semantics: `train.batch_size` is the GLOBAL batch. Each of the W workers gets
 `batch_size // W` samples per step and DDP averages the gradients, so one optimizer step sees the
@@ -52,13 +52,7 @@ from typing import Any
 import torch
 
 from p2p.config import ExperimentConfig
-from p2p.training.collectives import (
-    all_mean,
-    all_sum,
-    average_bn_buffers,
-    gather_rng,
-    no_buffer_sync_kwargs,
-)
+from p2p.training.collectives import all_mean, average_bn_buffers, gather_rng, no_buffer_sync_kwargs
 from p2p.training.runtime import configure_backends
 from p2p.training.state import (
     TrainState,
@@ -67,7 +61,8 @@ from p2p.training.state import (
     save_state,
     seed_everything,
 )
-from p2p.training.tracking import RunLogger, sample_grid
+from p2p.training.tracking import RunLogger
+from p2p.training.validation import validate
 
 # p2p.bench imports these from here; their home is p2p.training.runtime / .collectives
 __all__ = ["configure_backends", "make_optimizers", "train_loop_per_worker"]
@@ -226,7 +221,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         average_bn_buffers(g)  # every rank: the same running statistics (p2p.training.collectives)
         average_bn_buffers(d)
 
-        val = _validate(
+        val = validate(
             cfg, g, rank, world, per_worker_batch, to_device, amp_dtype, logger, state.epoch
         )
         last = state.log[-1] if state.log else {}
@@ -304,88 +299,6 @@ def _step_scheduler(sched: Any, l1: float | None) -> None:
         sched.step(l1 if l1 is not None else 0.0)  # plateau on validation L1 (else train L1)
     else:
         sched.step()
-
-
-@torch.no_grad()
-def _validate(
-    cfg: ExperimentConfig,
-    g: torch.nn.Module,
-    rank: int,
-    world: int,
-    per_worker_batch: int,
-    to_device: Any,
-    amp_dtype: torch.dtype | None,
-    logger: RunLogger,
-    epoch: int,
-) -> dict[str, float]:
-    """val/l1, val/psnr, val/ssim over `train.val_batches` equal batches per rank, summed over
-    ranks; rank 0 logs the sample grid as samples/epoch_NNNN.png (NNNN = epochs finished).
-    Empty dict when the shards have no val split."""
-    from p2p.data.dataset import make_loader
-    from p2p.data.shards import read_index
-    from p2p.evaluation import metrics as M
-    from p2p.training.state import unwrap
-
-    n_val = read_index(cfg.data.shards).samples("val")
-    if cfg.train.val_batches <= 0 or n_val == 0:
-        return {}
-    # at most one pass over the split: a small val split is not counted twice
-    num_batches = min(cfg.train.val_batches, math.ceil(n_val / (per_worker_batch * world)))
-    net = unwrap(g)  # no DDP forward: no backward follows
-    # eval.eval_mode False keeps dropout and batch statistics on (the paper's test-time noise);
-    # the BN running statistics are then restored so validation does not change them.
-    saved = None if cfg.eval.eval_mode else {k: v.clone() for k, v in net.named_buffers()}
-    net.train(not cfg.eval.eval_mode)
-    loader = make_loader(
-        cfg.data.shards,
-        "val",
-        cfg.data,
-        batch_size=per_worker_batch,
-        rank=rank,
-        world_size=world,
-        train=False,
-        seed=cfg.train.seed,
-        epoch=0,
-        num_batches=num_batches,
-    )
-    # The last ranks' final batches are padded with repeats of the first samples (equal batch
-    # counts keep the collectives in step); those repeats are left out of the sums.
-    keep = num_batches * per_worker_batch - loader.dataset.padded
-    sums = torch.zeros(4, dtype=torch.float64)  # l1, psnr, ssim, images
-    grid: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for real_a, real_b in loader:
-        real_a, real_b = to_device(real_a), to_device(real_b)
-        with torch.autocast(real_a.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            fake_b = net(real_a)
-        fake_b = fake_b.float()
-        n = max(0, min(real_a.shape[0], keep))
-        keep -= n
-        if n:
-            fb, rb = fake_b[:n], real_b[:n].float()
-            sums += torch.tensor(
-                [
-                    float(M.l1(fb, rb, reduction="none").sum()),
-                    float(M.psnr(fb, rb, reduction="none").sum()),
-                    float(M.ssim(fb, rb, reduction="none").sum()),
-                    n,
-                ],
-                dtype=torch.float64,
-            )
-        if rank == 0 and len(grid) < cfg.eval.num_samples:  # samples for the grid
-            grid.extend(zip(real_a.cpu(), fake_b.cpu(), real_b.cpu(), strict=True))
-    if saved is not None:
-        for k, v in net.named_buffers():
-            v.copy_(saved[k])
-    net.train()
-    sums = all_sum(sums)  # equal batches per rank: every rank reaches this collective
-    total = max(float(sums[3]), 1.0)
-    val = {"val_l1": sums[0] / total, "val_psnr": sums[1] / total, "val_ssim": sums[2] / total}
-    val = {k: float(v) for k, v in val.items()}
-    if rank == 0 and grid:  # input | output | target, one row per sample
-        cols = [torch.stack(c) for c in zip(*grid[: cfg.eval.num_samples], strict=True)]
-        image = sample_grid(*cols, max_rows=cfg.eval.num_samples)
-        logger.log_image(image, f"samples/epoch_{epoch:04d}.png")
-    return val
 
 
 def _print_progress(
