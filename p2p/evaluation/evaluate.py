@@ -178,7 +178,7 @@ def evaluate_checkpoint(
         "eval_mode": mode == "eval",  # the same, as the older boolean
         "seed": DEFAULT_SEED if mode == "paper" else None,  # paper mode: dropout seed per image
         "modes_val": modes_val,  # {mode: {l1, psnr, ssim}} on the val split ({} without one)
-        "params_hash": cfg.params_hash(),
+        "params_hash": cfg.model_hash(),  # the keys that define the model
         "p2p_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 3),

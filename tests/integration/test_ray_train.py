@@ -191,7 +191,7 @@ def test_mlflow_run_contents(killed_run, train_cfg):
     assert set(train_cfg.flat()) <= set(params)  # every param, dotted keys
     assert params["train.batch_size"] == str(BATCH) and params["model.base_channels"] == "8"
     tags = run.data.tags
-    assert tags["p2p.run_name"] == "killed" and tags["p2p.params_hash"] == train_cfg.params_hash()
+    assert tags["p2p.run_name"] == "killed" and tags["p2p.params_hash"] == train_cfg.model_hash()
     assert tags["dvc.data_version"] and tags["p2p.version"] and tags["git.commit"]
     for key in ("train/loss_d", "train/loss_g_gan", "train/loss_g_l1", "train/lr"):
         assert len(set(_steps(run.info.run_id, key))) == EPOCHS * spe // 2, key
