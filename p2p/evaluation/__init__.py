@@ -1,4 +1,5 @@
-"""Evaluation: metrics on the test split (`metrics`), and `evaluate_checkpoint` (`evaluate`).
+"""Evaluation: image metrics (`metrics`), scoring a generator on batches (`scoring`, shared with
+the training loop's validation), and `evaluate_checkpoint` (`evaluate`).
 
 Kept import-light: `from p2p.evaluation.metrics import psnr` pulls in torch, this package does not.
 """
