@@ -332,6 +332,13 @@ class ExperimentConfig:
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
+    def model_hash(self) -> str:
+        """Short stable hash of the keys that define the trained model (`model_params`): equal
+        for the same training wherever it ran and whichever paths it used. The lineage hash of
+        MLflow runs (`p2p.params_hash`), metrics.json and registered versions."""
+        blob = json.dumps(model_params(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
     def replace(self, **overrides: Any) -> ExperimentConfig:
         """Copy with dotted overrides applied: cfg.replace(**{"optim.lr": 1e-4})."""
         return apply_overrides(self.to_dict(), overrides)
@@ -339,6 +346,45 @@ class ExperimentConfig:
     @property
     def epochs(self) -> int:
         return self.train.epochs or (self.optim.n_epochs + self.optim.n_epochs_decay)
+
+
+# Keys that do not change the trained model: where and how a run executes (Ray resources,
+# storage, run and experiment names, logging and checkpoint cadence, compile/memory layout),
+# where the data is read from (its identity is the data version, recorded next to the hash),
+# and the groups only data preparation and evaluation read.
+RUN_ONLY_KEYS = frozenset(
+    {
+        "train.run_name",
+        "train.storage_path",
+        "train.experiment",
+        "train.checkpoint_every",
+        "train.keep_checkpoints",
+        "train.log_every",
+        "train.compile",
+        "train.channels_last",
+        "data.name",
+        "data.source",
+        "data.source_format",
+        "data.on_error",
+        "data.raw_dir",
+        "data.shards",
+        "data.shard_max_count",
+        "data.shard_max_size",
+        "data.shard_max_member",
+        "data.loader_workers",
+    }
+)
+RUN_ONLY_GROUPS = ("resources.", "eval.", "build.")
+
+
+def model_params(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The dotted keys that define the trained model: `cfg.flat()` without RUN_ONLY_KEYS and
+    RUN_ONLY_GROUPS (what `ExperimentConfig.model_hash` covers)."""
+    return {
+        k: v
+        for k, v in cfg.flat().items()
+        if k not in RUN_ONLY_KEYS and not k.startswith(RUN_ONLY_GROUPS)
+    }
 
 
 # ----------------------------------------------------------------------------- loading

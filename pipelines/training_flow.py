@@ -52,7 +52,7 @@ def training_flow(
 
     cfg = tasks.load(params, overrides)
     c = tasks.cfg_of(cfg)
-    name, key = c.eval.model_name, c.params_hash()
+    name, key = c.eval.model_name, c.model_hash()
     data_version = data_version or tasks.shard_data_version(c.data.shards)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     with _training_lock(Path(out_dir)):

@@ -190,7 +190,8 @@ def _parity(args: argparse.Namespace) -> int:
     from p2p.config import load_config
     from p2p.losses import GANLoss
     from p2p.models import build_discriminator, build_generator
-    from p2p.training.loop import configure_backends, make_optimizers
+    from p2p.training.loop import make_optimizers
+    from p2p.training.runtime import configure_backends
     from p2p.training.step import train_step
 
     dev = torch.device(args.device)
@@ -390,7 +391,9 @@ def _ddp_rank(rank, world, port, device, tiny, batch, steps, queue) -> None:
     from p2p.config import load_config
     from p2p.losses import GANLoss
     from p2p.models import build_discriminator, build_generator
-    from p2p.training.loop import _no_buffer_sync_kwargs, configure_backends, make_optimizers
+    from p2p.training.collectives import no_buffer_sync_kwargs
+    from p2p.training.loop import make_optimizers
+    from p2p.training.runtime import configure_backends
     from p2p.training.step import train_step
 
     cuda = device == "cuda"
@@ -411,7 +414,7 @@ def _ddp_rank(rank, world, port, device, tiny, batch, steps, queue) -> None:
     torch.manual_seed(0)
     g = build_generator(cfg.model, 3, 3).to(dev, memory_format=fmt)
     d = build_discriminator(cfg.model, 6).to(dev, memory_format=fmt)
-    kw = _no_buffer_sync_kwargs()
+    kw = no_buffer_sync_kwargs()
     g = DDP(g, device_ids=[rank] if cuda else None, **kw)
     d = DDP(d, device_ids=[rank] if cuda else None, **kw)
     opt_g, opt_d = make_optimizers(g, d, cfg)

@@ -8,8 +8,8 @@ architecture and init) and the same random batches:
   contiguous (NCHW) tensors, torch's own layers (`nn.ConvTranspose2d`);
 - p2p: `p2p.training.step.train_step` on p2p's layers (`UpConv`: the U-Net's transposed convs
   as GEMM + col2im on small CPU inputs) with the optimizers and backend settings of the training
-  loop (`p2p.training.loop.make_optimizers` / `configure_backends`); on GPU also bf16 autocast
-  and channels_last (and torch.compile with --compile).
+  loop (`p2p.training.loop.make_optimizers`, `p2p.training.runtime.configure_backends`); on GPU
+  also bf16 autocast and channels_last (and torch.compile with --compile).
 
 Precision (`--precision`): `auto` is the training loop's GPU path on CUDA (bf16 autocast +
 channels_last) and fp32 on CPU; `fp32` or `bf16` force one (bf16 falls back to fp32, with one
@@ -281,7 +281,8 @@ def _setup_impl(
     from p2p.config import ExperimentConfig
     from p2p.losses import GANLoss
     from p2p.models import build_discriminator, build_generator
-    from p2p.training.loop import configure_backends, make_optimizers
+    from p2p.training.loop import make_optimizers
+    from p2p.training.runtime import configure_backends
     from p2p.training.step import resolve_autocast, train_step
 
     cfg = ExperimentConfig.from_dict(cfg_dict)

@@ -1,5 +1,5 @@
-"""Evaluation: metrics on the test split (`metrics`), `evaluate_checkpoint` (`evaluate`) and the
-sample grid image (`grid`).
+"""Evaluation: image metrics (`metrics`), scoring a generator on batches (`scoring`, shared with
+the training loop's validation), `evaluate_checkpoint` (`evaluate`) and the sample grid (`grid`).
 
 Kept import-light: `from p2p.evaluation.metrics import psnr` pulls in torch, this package does not.
 """

@@ -29,7 +29,7 @@ import html
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from p2p.atomic import write_bytes_atomic
 from p2p.config import ExperimentConfig
 from p2p.errors import P2PError
 from p2p.evaluation.grid import pick_rows, render_grid
+from p2p.evaluation.scoring import ScoreSums, score_batches
 from p2p.inference import DEFAULT_SEED, MODES, check_mode, dropout_seed, inference_mode
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def evaluate_checkpoint(
         "eval_mode": mode == "eval",  # the same, as the older boolean
         "seed": DEFAULT_SEED if mode == "paper" else None,  # paper mode: dropout seed per image
         "modes_val": modes_val,  # {mode: {l1, psnr, ssim}} on the val split ({} without one)
-        "params_hash": cfg.params_hash(),
+        "params_hash": cfg.model_hash(),  # the keys that define the model
         "p2p_version": __version__,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t0, 3),
@@ -245,47 +246,53 @@ def _score_split(
     so a score is reproducible and `p2p predict` / the pyfunc / ONNX give the images scored.
     """
     from p2p.data.dataset import make_loader
-    from p2p.evaluation.metrics import l1, psnr, ssim
 
     paper = mode == "paper"
     batch = 1 if paper else max(1, cfg.eval.batch_size)
     # eval loader: deterministic order, ceil(N / batch) batches; the last one is padded by
-    # wrapping around to the first samples, which are dropped below (every sample once)
+    # wrapping around to the first samples, which are dropped before the forward pass
     loader = make_loader(
         shards, split, cfg.data, batch_size=batch, rank=0, world_size=1, train=False,
         seed=cfg.train.seed, epoch=0,
     )  # fmt: skip
-    scorers = {"l1": l1, "psnr": psnr, "ssim": ssim}
-    sums = dict.fromkeys(scorers, 0.0)
-    ident = dict.fromkeys(scorers, 0.0)
-    wanted, grid = set(rows), []
-    n = 0
-    with inference_mode(g, mode), torch.no_grad():
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = 0
         for real_a, real_b in loader:
             keep = min(real_a.shape[0], n_total - n)  # drop the wrap-around padding
             if keep <= 0:
                 break
-            real_a = real_a[:keep].to(device, torch.float32)
-            real_b = real_b[:keep].to(device, torch.float32)
-            with dropout_seed(g, DEFAULT_SEED) if paper else contextlib.nullcontext():
-                fake_b = g(real_a)
-            _check_shapes(fake_b, real_b, checkpoint)
-            for k, score in scorers.items():  # per-image scores, summed: exact means
-                sums[k] += float(score(fake_b, real_b, reduction="none").sum())
-                if identity:
-                    ident[k] += float(score(real_a, real_b, reduction="none").sum())
-            if extra is not None and fake_b.shape[1] == 3:  # LPIPS / Inception take RGB
-                extra.update(fake_b, real_b)
-            for i in range(keep):
-                if n + i in wanted:
-                    grid.append((real_a[i].cpu(), fake_b[i].cpu(), real_b[i].cpu()))
             n += keep
-    if n != n_total:
-        raise P2PError(f"{shards}: read {n} {split} samples but the index says {n_total}")
+            yield real_a[:keep].to(device, torch.float32), real_b[:keep].to(device, torch.float32)
+
+    def generate(real_a: torch.Tensor) -> torch.Tensor:
+        with dropout_seed(g, DEFAULT_SEED) if paper else contextlib.nullcontext():
+            return g(real_a)
+
+    ident = ScoreSums()  # the input scored as the output
+    wanted, grid = set(rows), []
+    seen = 0
+
+    def on_batch(real_a: torch.Tensor, fake_b: torch.Tensor, real_b: torch.Tensor, _: int) -> None:
+        nonlocal seen
+        _check_shapes(fake_b, real_b, checkpoint)
+        if identity:
+            ident.add(real_a, real_b)
+        if extra is not None and fake_b.shape[1] == 3:  # LPIPS / Inception take RGB
+            extra.update(fake_b, real_b)
+        for i in range(real_a.shape[0]):
+            if seen + i in wanted:
+                grid.append((real_a[i].cpu(), fake_b[i].cpu(), real_b[i].cpu()))
+        seen += real_a.shape[0]
+
+    with inference_mode(g, mode), torch.no_grad():
+        sums = score_batches(batches(), generate, on_batch=on_batch)
+    if sums.n != n_total:
+        raise P2PError(f"{shards}: read {sums.n} {split} samples but the index says {n_total}")
     return _SplitScores(
-        n=n,
-        means={k: v / n for k, v in sums.items()},
-        identity={k: v / n for k, v in ident.items()} if identity else None,
+        n=sums.n,
+        means=sums.means(),
+        identity=ident.means() if identity else None,
         rows=grid,
     )
 

@@ -19,7 +19,8 @@ Tags on each version (keys are stable: flows and deployment teams read them):
 
     lineage.data_version      DVC data version the model was trained on (retrain_flow compares it)
     lineage.git_commit        code version (lineage.git_dirty: uncommitted changes present)
-    lineage.params_hash       ExperimentConfig.params_hash() of the training config
+    lineage.params_hash       ExperimentConfig.model_hash() of the training config (the keys
+                              that define the model: p2p.config.model_params)
     lineage.ray_run           Ray Train run (storage path / name)
     lineage.ray_checkpoint    Ray checkpoint URI the weights came from
     lineage.train_keys_*      sha256 / count / shards of the training keys (artifact

@@ -118,7 +118,7 @@ def log_and_register(
         metrics: the dict `evaluate_checkpoint` returned / wrote to metrics.json.
         lineage: data_version, git_commit, params_hash, ray_run, ray_checkpoint (and any other
             str keys). data_version falls back to the evaluated shards' version, git_commit to
-            the current checkout, params_hash to the checkpoint config's hash.
+            the current checkout, params_hash to the checkpoint config's model_hash().
         run_id: log into this existing MLflow run (e.g. the training run) instead of a new one.
         train_shards: the shard set whose train split the model was trained on (its keys are
             recorded for the gate); default: `data.shards` of the config stored in the
@@ -166,7 +166,7 @@ def log_and_register(
             lin["git_commit"] = sha
             lin.setdefault("git_dirty", str(dirty).lower())
         trained_cfg = read_generator_config(checkpoint)
-        lin.setdefault("params_hash", (trained_cfg or model_cfg).params_hash())
+        lin.setdefault("params_hash", (trained_cfg or model_cfg).model_hash())
         for k in LINEAGE_KEYS:
             lin.setdefault(k, "")
 

@@ -1,9 +1,12 @@
 """`train_loop_per_worker`: the Ray Train entry point, run once per worker process.
 
-This is the only module that imports `ray.train`. The four Ray touch points are numbered:
+The worker side of Ray Train: `trainer.py` (driver: TorchTrainer, ScalingConfig, RunConfig),
+`failures.py` (controller callback) and `distributed.py` (process-group backend, placement) hold
+the other `ray.train` calls. The four touch points here are numbered:
 (1) `get_context` (rank and world size: data split and per-worker batch), (2) `prepare_model`
 (device + DDP), (3) `get_checkpoint` (resume), (4) `report` (metrics + checkpoint). The maths is
-`p2p.training.step.train_step`; everything else here is plumbing.
+`p2p.training.step.train_step`; what ranks exchange is in `p2p.training.collectives`, the
+per-epoch validation in `p2p.training.validation`; everything else here is plumbing.
 
 Batch semantics: `train.batch_size` is the GLOBAL batch. Each of the W workers gets
 `batch_size // W` samples per step and DDP averages the gradients, so one optimizer step sees the
@@ -13,7 +16,8 @@ reads exactly that many equal batches (p2p.data.dataset.make_loader), so no rank
 an all-reduce.
 
 BatchNorm under DDP (pix2pix uses BatchNorm in G and D), chosen deliberately:
-- G and D are wrapped separately, each with `broadcast_buffers=False`. The default (True) copies
+- G and D are wrapped separately, each with the per-forward buffer broadcast off
+  (`broadcast_buffers=False`, `no_buffer_sync_kwargs`). The default (True) copies
   rank 0's BN running statistics into every rank, in place, before each forward; D runs several
   forwards per step (real, fake, fake-for-G), and that in-place copy breaks autograd on CUDA with
   recent torch ("modified by an inplace operation"), besides throwing away the other ranks'
@@ -22,8 +26,7 @@ BatchNorm under DDP (pix2pix uses BatchNorm in G and D), chosen deliberately:
   the reference implementation's own DDP mode does. SyncBatchNorm would pool statistics over the
   global batch, but torch implements it for GPUs only, and CPU runs must do the same maths.
 - Running statistics (used only in eval mode) are averaged over ranks at every epoch end, before
-  validation and checkpointing, so every rank holds the same buffers and the saved generator's
-  statistics reflect all ranks' data.
+  validation and checkpointing (`p2p.training.collectives.average_bn_buffers`).
 
 Checkpoints: every `train.checkpoint_every` epochs and after the last one, rank 0 writes the full
 state (p2p.training.state) into `epoch_NNNN` (NNNN = epochs finished) and every rank calls
@@ -47,18 +50,22 @@ import time
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from p2p.config import ExperimentConfig
+from p2p.training.collectives import all_mean, average_bn_buffers, gather_rng, no_buffer_sync_kwargs
+from p2p.training.runtime import configure_backends
 from p2p.training.state import (
     TrainState,
     apply_optim_config,
     load_state,
-    rng_state,
     save_state,
     seed_everything,
 )
-from p2p.training.tracking import RunLogger, sample_grid
+from p2p.training.tracking import RunLogger
+from p2p.training.validation import validate
+
+# make_optimizers is also the benchmarks'; configure_backends lives in p2p.training.runtime
+__all__ = ["configure_backends", "make_optimizers", "train_loop_per_worker"]
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
@@ -103,7 +110,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     g, d = g.to(memory_format=memory_format), d.to(memory_format=memory_format)
 
     # (2) device + DDP, G and D separately (see the module docstring for broadcast_buffers)
-    ddp_kwargs = _no_buffer_sync_kwargs()
+    ddp_kwargs = no_buffer_sync_kwargs()
     g = ray.train.torch.prepare_model(g, parallel_strategy_kwargs=ddp_kwargs)
     d = ray.train.torch.prepare_model(d, parallel_strategy_kwargs=ddp_kwargs)
     if t.compile:
@@ -189,7 +196,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             if fault_step and state.step == fault_step and rank == world - 1:
                 _fault_exit(fault_step, rank, last_report)  # test-only
             if state.step % t.log_every == 0:
-                mean = _all_mean(sums / n_sum)  # average over the interval and the ranks
+                mean = all_mean(sums / n_sum)  # average over the interval and the ranks
                 elapsed = time.perf_counter() - t_log
                 row = {
                     "step": state.step,
@@ -210,10 +217,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
                 n_sum, t_log = 0, time.perf_counter()
 
         state.epoch = epoch + 1
-        _average_bn_buffers(g)
-        _average_bn_buffers(d)
+        average_bn_buffers(g)  # every rank: the same running statistics (p2p.training.collectives)
+        average_bn_buffers(d)
 
-        val = _validate(
+        val = validate(
             cfg, g, rank, world, per_worker_batch, to_device, amp_dtype, logger, state.epoch
         )
         last = state.log[-1] if state.log else {}
@@ -238,7 +245,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             )
 
         if state.epoch % t.checkpoint_every == 0 or state.epoch == epochs:
-            rngs = _gather_rng()  # every rank's RNG state, so a resume continues each stream
+            rngs = gather_rng()  # every rank's RNG state, so a resume continues each stream
             # (4) report: a barrier on every rank; rank 0 attaches the checkpoint directory
             with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
                 ckpt = None
@@ -254,42 +261,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- setup
-
-
-def configure_backends(device: torch.device) -> None:
-    """Per-process settings of the training step (the bench uses them too).
-
-    CUDA: cudnn.benchmark (fixed input sizes: pick the fastest conv kernels) and TF32.
-    CPU: keep freed memory for reuse (`_keep_freed_memory`).
-    """
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        _keep_freed_memory()
-
-
-def _keep_freed_memory() -> None:
-    """Make glibc malloc reuse freed memory instead of returning it to the OS.
-
-    PyTorch on CPU allocates every activation and gradient with malloc. glibc serves large
-    blocks with fresh mmap()s and gives them back on free, so each training step page-faults
-    and zeroes all of its activation memory again (hundreds of MB per step at 256x256). With
-    mmap off and heap trimming off, the blocks freed by one step serve the next: the same
-    arithmetic, no page faults (what jemalloc/tcmalloc give, without preloading a library). The
-    cost: the process keeps its peak heap. A no-op where libc has no mallopt (non-glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(m_mmap_max, 0)  # large blocks come from the heap too
-        libc.mallopt(m_trim_threshold, -1)  # never shrink the heap
-    except (OSError, AttributeError):
-        pass
 
 
 def make_optimizers(
@@ -312,72 +283,12 @@ def make_optimizers(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _no_buffer_sync_kwargs() -> dict[str, bool]:
-    """DDP kwargs that stop the per-forward buffer broadcast (torch >= 2.13 spells it
-    `forward_sync_buffers`, which still syncs once at init: identical initial buffers)."""
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel
-
-    params = inspect.signature(DistributedDataParallel.__init__).parameters
-    if "forward_sync_buffers" in params:
-        return {"forward_sync_buffers": False}
-    return {"broadcast_buffers": False}
-
-
 def _steps_per_epoch(cfg: ExperimentConfig, split: str, global_batch: int) -> int:
     """Train samples // global batch, from the shard index (make_loader's default)."""
     from p2p.data.shards import read_index
 
     n = read_index(cfg.data.shards).samples(split)
     return max(n // global_batch, 1) if n else 1
-
-
-def _all_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of a small CPU tensor over all ranks (identity without a process group)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone().to(_collective_device())
-        dist.all_reduce(x)
-        x = x.cpu() / dist.get_world_size()
-    return x
-
-
-def _all_sum(x: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone().to(_collective_device())
-        dist.all_reduce(x)
-        x = x.cpu()
-    return x
-
-
-def _collective_device() -> torch.device:
-    # NCCL reduces CUDA tensors only; gloo reduces CPU tensors
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _gather_rng() -> list[dict[str, Any]]:
-    mine = rng_state()
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        out: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(out, mine)
-        return out
-    return [mine]
-
-
-@torch.no_grad()
-def _average_bn_buffers(module: torch.nn.Module) -> None:
-    """Average BatchNorm running statistics over ranks (per-rank stats diverge without
-    broadcast_buffers; see the module docstring)."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return
-    dev = _collective_device()
-    for name, buf in module.named_buffers():
-        if name.endswith(("running_mean", "running_var")):
-            x = buf.detach().to(dev, torch.float32)
-            dist.all_reduce(x)
-            buf.copy_((x / dist.get_world_size()).to(buf.device, buf.dtype))
 
 
 def _step_scheduler(sched: Any, l1: float | None) -> None:
@@ -387,88 +298,6 @@ def _step_scheduler(sched: Any, l1: float | None) -> None:
         sched.step(l1 if l1 is not None else 0.0)  # plateau on validation L1 (else train L1)
     else:
         sched.step()
-
-
-@torch.no_grad()
-def _validate(
-    cfg: ExperimentConfig,
-    g: torch.nn.Module,
-    rank: int,
-    world: int,
-    per_worker_batch: int,
-    to_device: Any,
-    amp_dtype: torch.dtype | None,
-    logger: RunLogger,
-    epoch: int,
-) -> dict[str, float]:
-    """val/l1, val/psnr, val/ssim over `train.val_batches` equal batches per rank, summed over
-    ranks; rank 0 logs the sample grid as samples/epoch_NNNN.png (NNNN = epochs finished).
-    Empty dict when the shards have no val split."""
-    from p2p.data.dataset import make_loader
-    from p2p.data.shards import read_index
-    from p2p.evaluation import metrics as M
-    from p2p.training.state import unwrap
-
-    n_val = read_index(cfg.data.shards).samples("val")
-    if cfg.train.val_batches <= 0 or n_val == 0:
-        return {}
-    # at most one pass over the split: a small val split is not counted twice
-    num_batches = min(cfg.train.val_batches, math.ceil(n_val / (per_worker_batch * world)))
-    net = unwrap(g)  # no DDP forward: no backward follows
-    # eval.eval_mode False keeps dropout and batch statistics on (the paper's test-time noise);
-    # the BN running statistics are then restored so validation does not change them.
-    saved = None if cfg.eval.eval_mode else {k: v.clone() for k, v in net.named_buffers()}
-    net.train(not cfg.eval.eval_mode)
-    loader = make_loader(
-        cfg.data.shards,
-        "val",
-        cfg.data,
-        batch_size=per_worker_batch,
-        rank=rank,
-        world_size=world,
-        train=False,
-        seed=cfg.train.seed,
-        epoch=0,
-        num_batches=num_batches,
-    )
-    # The last ranks' final batches are padded with repeats of the first samples (equal batch
-    # counts keep the collectives in step); those repeats are left out of the sums.
-    keep = num_batches * per_worker_batch - loader.dataset.padded
-    sums = torch.zeros(4, dtype=torch.float64)  # l1, psnr, ssim, images
-    grid: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    for real_a, real_b in loader:
-        real_a, real_b = to_device(real_a), to_device(real_b)
-        with torch.autocast(real_a.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            fake_b = net(real_a)
-        fake_b = fake_b.float()
-        n = max(0, min(real_a.shape[0], keep))
-        keep -= n
-        if n:
-            fb, rb = fake_b[:n], real_b[:n].float()
-            sums += torch.tensor(
-                [
-                    float(M.l1(fb, rb, reduction="none").sum()),
-                    float(M.psnr(fb, rb, reduction="none").sum()),
-                    float(M.ssim(fb, rb, reduction="none").sum()),
-                    n,
-                ],
-                dtype=torch.float64,
-            )
-        if rank == 0 and len(grid) < cfg.eval.num_samples:  # samples for the grid
-            grid.extend(zip(real_a.cpu(), fake_b.cpu(), real_b.cpu(), strict=True))
-    if saved is not None:
-        for k, v in net.named_buffers():
-            v.copy_(saved[k])
-    net.train()
-    sums = _all_sum(sums)  # equal batches per rank: every rank reaches this collective
-    total = max(float(sums[3]), 1.0)
-    val = {"val_l1": sums[0] / total, "val_psnr": sums[1] / total, "val_ssim": sums[2] / total}
-    val = {k: float(v) for k, v in val.items()}
-    if rank == 0 and grid:  # input | output | target, one row per sample
-        cols = [torch.stack(c) for c in zip(*grid[: cfg.eval.num_samples], strict=True)]
-        image = sample_grid(*cols, max_rows=cfg.eval.num_samples)
-        logger.log_image(image, f"samples/epoch_{epoch:04d}.png")
-    return val
 
 
 def _print_progress(

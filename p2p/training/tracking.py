@@ -97,6 +97,18 @@ def data_version(shards: str, raw_dir: str | None = None) -> str | None:
     return indexed.short if indexed is not None else None
 
 
+# build.* keys that only building pairs from photos reads (`p2p data build`, `p2p data demo`);
+# build.seed and the split fractions also split an import without split folders: always logged.
+BUILD_ONLY_KEYS = ("build.task", "build.num_pairs", "build.size")
+
+
+def applied_params(cfg: Any) -> dict[str, Any]:
+    """The params a run logs: `cfg.flat()` without the build-only keys when the dataset was not
+    built from photos (data.source "demo" or data.source_format "photos")."""
+    built = cfg.data.source == "demo" or cfg.data.source_format == "photos"
+    return {k: v for k, v in cfg.flat().items() if built or k not in BUILD_ONLY_KEYS}
+
+
 def run_tags(cfg: Any, *, run_name: str, storage_path: str, data_ver: str | None) -> dict[str, str]:
     """Lineage tags of a training run (strings only; no secrets)."""
     from p2p import __version__
@@ -104,7 +116,7 @@ def run_tags(cfg: Any, *, run_name: str, storage_path: str, data_ver: str | None
     tags = {
         RUN_NAME_TAG: run_name,
         "p2p.version": __version__,
-        "p2p.params_hash": cfg.params_hash(),
+        "p2p.params_hash": cfg.model_hash(),  # the keys that define the model
         "p2p.data.shards": cfg.data.shards,
         "ray.run_name": run_name,
         "ray.storage_path": storage_path,
@@ -159,7 +171,7 @@ def open_run(
             cfg.train.experiment, artifact_location=default_artifact_location(uri)
         )
     existing = find_run(cfg.train.experiment, run_name, uri=uri)
-    params = {k: param_value(v) for k, v in cfg.flat().items()}
+    params = {k: param_value(v) for k, v in applied_params(cfg).items()}
     if existing:
         old = client.get_run(existing).data.params
         differs = {k: v for k, v in params.items() if k in old and old[k] != v}

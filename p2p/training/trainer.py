@@ -229,6 +229,11 @@ def _fit_here(
     from p2p.training.distributed import P2PTorchConfig  # gloo/NCCL interface per worker
     from p2p.training.failures import StopOnDataError, data_error_message
     from p2p.training.loop import train_loop_per_worker
+    from p2p.training.ray_console import (
+        drop_known_noise,
+        quiet_auth_notice,
+        train_logging_config,
+    )
 
     res = cfg.resources
     storage = run_cfg.train.storage_path
@@ -255,16 +260,19 @@ def _fit_here(
             elif address:
                 ray.init(address=address, runtime_env={"env_vars": env})
             else:
-                ray.init(
-                    num_cpus=max(1, math.ceil(res.num_workers * res.cpus_per_worker)),
-                    num_gpus=math.ceil(res.num_workers * res.gpus_per_worker) if res.use_gpu else 0,
-                    # The dashboard serves Ray's State API. Ray Train's placement-group cleaner
-                    # polls it to see whether the run's controller is alive; with no dashboard
-                    # here it asks 127.0.0.1:8265, where another Ray may answer "no such actor",
-                    # and then tears down this run's workers.
-                    include_dashboard=True,
-                    runtime_env={"env_vars": env},
-                )
+                with quiet_auth_notice():  # Ray's default token auth, without the notice
+                    ray.init(
+                        num_cpus=max(1, math.ceil(res.num_workers * res.cpus_per_worker)),
+                        num_gpus=math.ceil(res.num_workers * res.gpus_per_worker)
+                        if res.use_gpu
+                        else 0,
+                        # The dashboard serves Ray's State API. Ray Train's placement-group
+                        # cleaner polls it to see whether the run's controller is alive; with no
+                        # dashboard here it asks 127.0.0.1:8265, where another Ray may answer
+                        # "no such actor", and then tears down this run's workers.
+                        include_dashboard=True,
+                        runtime_env={"env_vars": env},
+                    )
         except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
             tracking.close_run(run_id, ok=False, uri=uri)
             hint = ""
@@ -273,6 +281,7 @@ def _fit_here(
             where = address or "a local Ray"
             raise P2PError(f"cannot start or reach {where}: {_first_line(e)}{hint}") from None
         started = True
+    drop_known_noise()  # Ray's known-harmless worker lines stay in its log files
 
     per_worker = {"CPU": float(res.cpus_per_worker)}
     if res.use_gpu:
@@ -297,6 +306,7 @@ def _fit_here(
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             worker_runtime_env={"env_vars": env},
             callbacks=[StopOnDataError()],  # bad data is not retried
+            logging_config=train_logging_config(),  # Ray Train's INFO lines: log files only
         ),
     )
     ok = False

@@ -202,7 +202,7 @@ def test_register_tags_lineage_and_loads_back(store, evaluated):
     lin = v.group("lineage")
     assert lin["data_version"] == "0123abcd.dir"
     assert lin["ray_checkpoint"] == "runs/p2p-demo/checkpoint_000003"
-    assert lin["params_hash"] == cfg.params_hash()
+    assert lin["params_hash"] == cfg.model_hash()
     assert len(lin["git_commit"]) == 40 or lin["git_commit"] == "unknown"
     assert float(v.tags["metric.psnr"]) == m["psnr"] and float(v.tags["metric.l1"]) == m["l1"]
     assert v.tags["eval.testset"] == m["testset"] and v.tags["eval.n_samples"] == "3"
@@ -229,7 +229,7 @@ def test_register_tags_lineage_and_loads_back(store, evaluated):
 
     # idempotency helper for flows
     found = registry.find_version(
-        "reg-lineage", data_version="0123abcd.dir", params_hash=cfg.params_hash()
+        "reg-lineage", data_version="0123abcd.dir", params_hash=cfg.model_hash()
     )
     assert found is not None and found.version == 1
     assert registry.find_version("reg-lineage", data_version="other", params_hash="x") is None
