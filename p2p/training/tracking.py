@@ -23,10 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+from p2p.gitinfo import git_commit
+from p2p.registry.versions import quote  # MLflow filter literals: one implementation
 
 log = logging.getLogger(__name__)
 
@@ -51,26 +53,6 @@ def default_artifact_location(uri: str) -> str | None:
 
 
 # ----------------------------------------------------------------------------- lineage
-
-
-def git_commit(repo: str | Path | None = None) -> str | None:
-    """HEAD commit of the code: the git checkout p2p is imported from (editable install), else
-    the repository at `repo` (default: the working directory); None outside git."""
-    for where in (Path(__file__).resolve().parents[2], Path(repo or ".")):
-        try:
-            out = subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=where,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=True,
-            )
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if out.stdout.strip():
-            return out.stdout.strip()
-    return None
 
 
 def data_version(shards: str, raw_dir: str | None = None) -> str | None:
@@ -121,8 +103,8 @@ def run_tags(cfg: Any, *, run_name: str, storage_path: str, data_ver: str | None
         "ray.run_name": run_name,
         "ray.storage_path": storage_path,
     }
-    commit = git_commit()
-    if commit:
+    commit, _ = git_commit()
+    if commit != "unknown":
         tags["git.commit"] = commit
         tags["mlflow.source.git.commit"] = commit
     if data_ver:
@@ -226,7 +208,7 @@ def find_run(experiment: str, run_name: str, uri: str | None = None) -> str | No
         return None
     found = client.search_runs(
         [exp.experiment_id],
-        filter_string=f"tags.`{RUN_NAME_TAG}` = '{_quote(run_name)}'",
+        filter_string=f"tags.`{RUN_NAME_TAG}` = {quote(run_name)}",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -238,10 +220,6 @@ def log_config_artifact(run_id: str, text: str, uri: str | None = None) -> None:
     from mlflow import MlflowClient
 
     MlflowClient(uri or tracking_uri()).log_text(run_id, text, "params.yaml")
-
-
-def _quote(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def param_value(v: Any) -> str:
