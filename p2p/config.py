@@ -360,6 +360,7 @@ RUN_ONLY_KEYS = frozenset(
         "train.checkpoint_every",
         "train.keep_checkpoints",
         "train.log_every",
+        "train.val_batches",
         "train.compile",
         "train.channels_last",
         "data.name",

@@ -34,6 +34,7 @@ from torch import nn
 from p2p import __version__
 from p2p.atomic import write_atomic, write_text_atomic
 from p2p.checkpoints import save_generator, unwrap  # unwrap: strips DDP .module / ._orig_mod
+from p2p.config import RUN_ONLY_GROUPS, RUN_ONLY_KEYS
 from p2p.errors import P2PError
 from p2p.training.tracking import param_value
 
@@ -267,31 +268,12 @@ def _state_dict_or_none(obj: Any) -> dict[str, Any] | None:
 # Keys that may differ between a checkpoint and the command that resumes it without changing
 # what the model learns: where things run and are stored, how often to log, validate and
 # checkpoint, how many epochs in all (continuing a run is how training is extended), and the
-# groups only data preparation and evaluation read. Any other change (lr, batch, loss weights,
-# data, architecture) makes a different model: refused unless the user says so.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "train.epochs",
-        "train.run_name",
-        "train.storage_path",
-        "train.experiment",
-        "train.checkpoint_every",
-        "train.keep_checkpoints",
-        "train.log_every",
-        "train.val_batches",
-        "train.compile",
-        "train.channels_last",
-        "data.name",
-        "data.source",
-        "data.source_format",
-        "data.on_error",
-        "data.raw_dir",
-        "data.shard_max_count",
-        "data.shard_max_size",
-        "data.loader_workers",
-    }
-)
-RESUMABLE_GROUPS = ("resources.", "eval.", "build.")
+# groups only data preparation and evaluation read: the keys outside the model hash
+# (p2p.config.RUN_ONLY_KEYS), less the shards (other data) and plus the epoch count. Any other
+# change (lr, batch, loss weights, data, architecture) makes a different model: refused unless
+# the user says so.
+RESUMABLE_CHANGES = (RUN_ONLY_KEYS - {"data.shards"}) | {"train.epochs"}
+RESUMABLE_GROUPS = RUN_ONLY_GROUPS
 
 
 def changed_params(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[str, str]]:
