@@ -44,6 +44,7 @@ from p2p.data.images import is_image_file
 from p2p.errors import DataError, P2PError
 
 SUMMARY = "_summary.json"
+ACTOR_START_TIMEOUT_S = 600  # a cluster must fit all --actors within this
 
 
 @dataclass
@@ -314,8 +315,13 @@ def _run_ray(todo: Plan, args, model_args, checkpoint, device, actors, res) -> l
     local_cpus = max(os.cpu_count() or 1, math.ceil(actors * res.cpus_per_worker))
     with ray_session(args.address, num_cpus=local_cpus):
         ref = ray.put(checkpoint) if checkpoint is not None else None
+        # Start the whole fixed pool before dispatching: every actor (node) gets batches, and a
+        # cluster without room for the pool fails with Ray Data's timeout instead of hanging.
+        ray.data.DataContext.get_current().wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
         items = [{"src": s, "dst": d} for s, d in todo.todo]
-        blocks = max(1, min(len(items) // args.batch_size + 1, 10_000))
+        # Enough blocks to keep every actor busy; Ray Data cuts them into --batch-size batches.
+        per_batch = math.ceil(len(items) / args.batch_size)
+        blocks = min(len(items), max(actors, per_batch), 10_000)
         ds = ray.data.from_items(items, override_num_blocks=blocks)
         ds = ds.map_batches(
             _Translator,
@@ -323,7 +329,6 @@ def _run_ray(todo: Plan, args, model_args, checkpoint, device, actors, res) -> l
             compute=ray.data.ActorPoolStrategy(size=actors),
             fn_constructor_kwargs={"model_args": model_args, "checkpoint": ref, "device": device},
             num_cpus=res.cpus_per_worker,
-            num_gpus=gpus,
-            scheduling_strategy="SPREAD",
+            num_gpus=gpus,  # actors are spread over the nodes (Ray Data's default, SPREAD)
         )
         return [dict(r) for r in ds.iter_rows()]

@@ -179,3 +179,44 @@ def test_bad_arguments_are_one_line_errors(tmp_path, checkpoint, capsys):
     assert main([*base, "--input", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "input not found" in err and "no image files" in err and "must not be inside" in err
+
+
+def test_registered_champion_is_pinned_and_matches_the_checkpoint(
+    cluster, checkpoint, tmp_path, monkeypatch
+):
+    """--model models:/NAME@champion: the alias is resolved once to a version (recorded in the
+    summary); the actors load that version with predict's own loader, so the outputs equal the
+    --checkpoint job's."""
+    from data_fixtures import TINY
+
+    from p2p import registry
+    from p2p.cli import main
+    from p2p.config import load_config
+    from p2p.evaluation.evaluate import file_sha256
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # the default artifact root ./mlruns lands here
+    name = f"batch-{uuid.uuid4().hex[:6]}"
+    cfg = load_config(None, {**TINY, "model.base_channels": 4, "eval.model_name": name})
+    # The registry only needs an evaluation of this exact file; the scores are not the point.
+    metrics = {"l1": 0.5, "psnr": 10.0, "ssim": 0.1, "n_samples": 1,
+               "checkpoint_sha256": file_sha256(checkpoint)}  # fmt: skip
+    v = registry.log_and_register(checkpoint, cfg, metrics, lineage={})
+    registry.promote(name, v.version)
+
+    src = tmp_path / "in"
+    for i, (rel, (w, h)) in enumerate(SIZES.items()):
+        save(src / rel, noise(h, w, seed=i))
+    common = ["--input", str(src), "--address", cluster.address, "--actors", "2"]
+    uri = f"models:/{name}@champion"
+    assert main(["predict", "--model", uri, "--output", str(tmp_path / "m"), *common]) == 0
+    ckpt = ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "c")]
+    assert main(["predict", *ckpt, *common]) == 0
+    s = json.loads((tmp_path / "m" / "_summary.json").read_text())
+    assert s["model"] == {"uri": uri, "name": name, "version": v.version,
+                          "resolved": f"models:/{name}/{v.version}"}  # fmt: skip
+    assert s["counts"]["written"] == len(SIZES)
+    for rel in SIZES:
+        png = rel.rsplit(".", 1)[0] + ".png"
+        a, b = (_pixels((tmp_path / d / png).read_bytes()) for d in ("m", "c"))
+        assert np.abs(a - b).max() <= 1, rel
