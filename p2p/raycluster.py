@@ -62,21 +62,22 @@ def node() -> dict[str, str]:
     return {"node_id": ctx.get_node_id(), "ip": ray.util.get_node_ip_address()}
 
 
-def _apply(fn: Callable[[Any], Any], item: Any) -> tuple[Any, str]:
-    """The body of one Ray task: the result and the node it ran on."""
+def _apply(fn: Callable[[Any], Any], chunk: list[Any]) -> tuple[list[Any], str]:
+    """The body of one Ray task: the results of a chunk of items and the node it ran on."""
     import ray
 
-    return fn(item), ray.get_runtime_context().get_node_id()
+    return [fn(item) for item in chunk], ray.get_runtime_context().get_node_id()
 
 
 class RayExecutor:
     """`map(fn, items)` as Ray tasks across the cluster, results in input order.
 
-    At most `max_in_flight` tasks are pending at a time (items are pulled lazily, results are
-    yielded as soon as the oldest one is done), so memory stays bounded for any number of
-    items. `fn` is put in the object store once per `map` call, not pickled into every task.
-    Tasks are spread over the nodes (`scheduling_strategy="SPREAD"`). `nodes` counts the tasks
-    that ran on each node id.
+    Each task handles `chunk` consecutive items (a Ray task costs milliseconds; one per image
+    pair would cost more than the pair's work). At most `max_in_flight` tasks are pending at a
+    time (items are pulled lazily, results are yielded as soon as the oldest task is done), so
+    memory stays bounded for any number of items. `fn` is put in the object store once per
+    `map` call, not pickled into every task. Tasks are spread over the nodes
+    (`scheduling_strategy="SPREAD"`). `nodes` counts the tasks that ran on each node id.
 
     `remote = True` tells callers that `fn` runs in other processes, possibly on machines that
     do not see this machine's files: they ship file bytes with the items.
@@ -84,7 +85,9 @@ class RayExecutor:
 
     remote = True
 
-    def __init__(self, max_in_flight: int | None = None, num_cpus: float = 1.0) -> None:
+    def __init__(
+        self, max_in_flight: int | None = None, num_cpus: float = 1.0, chunk: int = 8
+    ) -> None:
         import ray
 
         if max_in_flight is None:
@@ -92,6 +95,7 @@ class RayExecutor:
             max_in_flight = max(2, 2 * cpus)
         self.max_in_flight = max_in_flight
         self.num_cpus = num_cpus
+        self.chunk = max(1, chunk)
         self.nodes: collections.Counter[str] = collections.Counter()
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
@@ -101,18 +105,29 @@ class RayExecutor:
         fn_ref = ray.put(fn)
         window: collections.deque = collections.deque()
 
-        def take() -> Any:
-            result, node_id = ray.get(window.popleft())
+        def take() -> list[Any]:
+            results, node_id = ray.get(window.popleft())
             self.nodes[node_id] += 1
-            return result
+            return results
 
         try:
-            for item in items:
-                window.append(task.remote(fn_ref, item))
+            for chunk in _chunks(items, self.chunk):
+                window.append(task.remote(fn_ref, chunk))
                 if len(window) >= self.max_in_flight:
-                    yield take()
+                    yield from take()
             while window:
-                yield take()
+                yield from take()
         finally:
             for ref in window:  # the consumer stopped early (an error): drop what is left
                 ray.cancel(ref)
+
+
+def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
