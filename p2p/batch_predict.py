@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,25 +238,26 @@ def run(args: argparse.Namespace) -> int:
         "actors": actors,
         "batch_size": args.batch_size,
     }
-    rows: list[dict[str, Any]] = []
+    written, failed = 0, list(todo.failed)
+    nodes: dict[str, dict[str, Any]] = {}  # node id -> its ip, batch ids, image count
     if todo.todo:  # a rerun with nothing left starts no Ray at all
-        rows = _run_ray(todo, args, model_args, checkpoint, device, actors, res)
-    failed = list(todo.failed) + [
-        {"file": r["src"], "reason": r["reason"]} for r in rows if r["reason"]
-    ]
+        # Rows are counted as they stream in: the driver holds no per-image list.
+        for r in _run_ray(todo, args, model_args, checkpoint, device, actors, res):
+            if r["reason"]:
+                failed.append({"file": str(r["src"]), "reason": str(r["reason"])})
+            else:
+                written += 1
+            n = nodes.setdefault(
+                str(r["node_id"]), {"node_id": str(r["node_id"]), "ip": str(r["ip"])}
+            )
+            n.setdefault("batches", set()).add(str(r["batch"]))
+            n["images"] = n.get("images", 0) + 1
     failed.sort(key=lambda f: f["file"])
-    nodes: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        n = nodes.setdefault(
-            r["node_id"], {"node_id": r["node_id"], "ip": r["ip"], "batches": set()}
-        )
-        n["batches"].add(r["batch"])
-        n["images"] = n.get("images", 0) + 1
     summary.update(
         {
             "counts": {
                 "total": todo.total,
-                "written": sum(1 for r in rows if not r["reason"]),
+                "written": written,
                 "skipped": todo.skipped,
                 "failed": len(failed),
             },
@@ -304,7 +306,9 @@ def _model(model_args: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
     return {"uri": uri, "name": v.name, "version": v.version, "resolved": v.uri}, None
 
 
-def _run_ray(todo: Plan, args, model_args, checkpoint, device, actors, res) -> list[dict]:
+def _run_ray(todo: Plan, args, model_args, checkpoint, device, actors, res) -> Iterator[dict]:
+    """One row per input ({"src", "reason" ("" = written), "node_id", "ip", "batch"}), as the
+    actors finish them."""
     import ray
     import ray.data
 
@@ -331,4 +335,4 @@ def _run_ray(todo: Plan, args, model_args, checkpoint, device, actors, res) -> l
             num_cpus=res.cpus_per_worker,
             num_gpus=gpus,  # actors are spread over the nodes (Ray Data's default, SPREAD)
         )
-        return [dict(r) for r in ds.iter_rows()]
+        yield from ds.iter_rows()

@@ -40,7 +40,9 @@ def ray_session(address: str | None, *, num_cpus: int | None = None) -> Iterator
         if address:
             ray.init(address=address, runtime_env=env)
         else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env)
+            # "local": always a new Ray, even where a cluster runs on this machine (ray.init()
+            # alone would join that one).
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env)
     except (ConnectionError, RuntimeError, ray.exceptions.RayError) as e:
         text = str(e).strip().splitlines()
         hint = ""

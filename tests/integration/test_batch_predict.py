@@ -220,3 +220,19 @@ def test_registered_champion_is_pinned_and_matches_the_checkpoint(
         png = rel.rsplit(".", 1)[0] + ".png"
         a, b = (_pixels((tmp_path / d / png).read_bytes()) for d in ("m", "c"))
         assert np.abs(a - b).max() <= 1, rel
+
+
+def test_ray_flag_starts_a_local_ray(checkpoint, tmp_path):
+    """--ray without --address: a local Ray for the job, stopped afterwards."""
+    import ray
+
+    from p2p.cli import main
+
+    src = tmp_path / "in"
+    save(src / "x.png", noise(64, 64, seed=1))
+    out = tmp_path / "out"
+    cmd = ["predict", "--checkpoint", str(checkpoint), "--input", str(src), "--output", str(out)]
+    assert main([*cmd, "--ray", "--actors", "1"]) == 0
+    assert not ray.is_initialized()
+    s = json.loads((out / "_summary.json").read_text())
+    assert (s["address"], s["counts"]["written"], len(s["nodes"])) == ("local", 1, 1)
