@@ -12,9 +12,12 @@ data.on_error, data.raw_dir, build.*). The others are the same operations with e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -37,6 +40,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         action="store_true",
         help="aligned: accept files whose halves are shaped unlike the rest of the dataset",
     )
+    _address_arg(imp)
     imp.set_defaults(func=import_cmd)
 
     bld = dsub.add_parser(
@@ -50,6 +54,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     bld.add_argument("--seed", type=int, help="build.seed")
     _split_args(bld, "")
     bld.add_argument("--on-error", choices=["fail", "skip"], help="default: data.on_error")
+    _address_arg(bld)
     bld.set_defaults(func=build_cmd)
 
     demo = dsub.add_parser(
@@ -86,6 +91,32 @@ def _split_args(p: argparse.ArgumentParser, prefix: str) -> None:
     p.add_argument("--test-fraction", type=float, help=f"{prefix}build.test_fraction")
 
 
+def _address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        help="run the per-pair work as Ray tasks on this cluster (auto, host:6379, "
+        "ray://host:10001); the output is byte-identical. Default: local threads, no Ray",
+    )
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace) -> Iterator[Any]:
+    """None (local threads) without --address, else Ray tasks on that cluster."""
+    if not args.address:
+        yield None
+        return
+    from p2p.raycluster import RayExecutor, ray_session
+
+    with ray_session(args.address):
+        ex = RayExecutor()
+        yield ex
+        where = ", ".join(f"{n[:8]} {k}" for n, k in sorted(ex.nodes.items()))
+        print(
+            f"ray: {sum(ex.nodes.values())} tasks on {len(ex.nodes)} node(s): {where}",
+            file=sys.stderr,
+        )
+
+
 def _cfg(args: argparse.Namespace, **build_overrides):
     """The resolved config with CLI flags applied as build.* overrides (validated the same way)."""
     from p2p.cli import load_cfg
@@ -106,18 +137,20 @@ def import_cmd(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     cfg = _cfg(args, val_fraction=args.val_fraction, test_fraction=args.test_fraction)
-    report = import_pairs(
-        args.src,
-        args.out,
-        fmt=args.fmt,
-        on_error=args.on_error or cfg.data.on_error,
-        data=cfg.data,
-        name=args.name,
-        val_fraction=cfg.build.val_fraction,  # the flags, else build.* (as the help says)
-        test_fraction=cfg.build.test_fraction,
-        seed=cfg.build.seed,
-        check_aspect=not args.allow_mixed_shapes,
-    )
+    with _executor(args) as executor:
+        report = import_pairs(
+            args.src,
+            args.out,
+            fmt=args.fmt,
+            on_error=args.on_error or cfg.data.on_error,
+            data=cfg.data,
+            name=args.name,
+            val_fraction=cfg.build.val_fraction,  # the flags, else build.* (as the help says)
+            test_fraction=cfg.build.test_fraction,
+            seed=cfg.build.seed,
+            check_aspect=not args.allow_mixed_shapes,
+            executor=executor,
+        )
     return _done(report, t0)
 
 
@@ -134,13 +167,15 @@ def build_cmd(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
     )
-    report = build_pairs(
-        args.src,
-        args.out,
-        build=cfg.build,
-        data=cfg.data,
-        on_error=args.on_error or cfg.data.on_error,
-    )
+    with _executor(args) as executor:
+        report = build_pairs(
+            args.src,
+            args.out,
+            build=cfg.build,
+            data=cfg.data,
+            on_error=args.on_error or cfg.data.on_error,
+            executor=executor,
+        )
     return _done(report, t0)
 
 

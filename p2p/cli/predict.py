@@ -2,6 +2,7 @@
 
     p2p predict --checkpoint models/generator.pt --input photo.png --output out.png
     p2p predict --model models:/pix2pix@champion --input in_dir/ --output out_dir/
+    p2p predict --address auto --model models:/pix2pix@champion --input s3://b/in/ --output s3://b/out/
 
 The checkpoint may be a p2p file or a reference `latest_net_G.pth`. Any image size works: sizes
 that the network cannot take are resized for it and the output is resized back. A bad input
@@ -11,6 +12,9 @@ stops the run with one line naming the file, unless --skip-bad (then the exit co
 (eval.inference_mode of the checkpoint's or registered version's config; "paper" for a
 reference file, as the reference's test.py). Paper mode is seeded per image (--seed, default 0):
 the same image and seed give the same output, the one `p2p evaluate` scored.
+
+With --ray or --address (or an s3:// input/output) it is a resumable batch job on Ray Data
+(p2p.batch_predict): existing outputs are skipped, bad inputs are listed in OUT/_summary.json.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument(
         "--skip-bad", action="store_true", help="skip unreadable images (listed), exit code 1"
     )
+    # Batch prediction on Ray (p2p.batch_predict): folders / s3:// prefixes, resumable.
+    p.add_argument("--ray", action="store_true", help="batch job on Ray Data (a local Ray)")
+    p.add_argument("--address", help="batch job on this Ray cluster: auto, host:6379, ray://...")
+    p.add_argument("--actors", type=int, help="Ray actors (default: resources.num_workers)")
     p.set_defaults(func=run_predict)
 
 
@@ -69,6 +77,10 @@ def run_predict(args: argparse.Namespace) -> int:
     from p2p.errors import DataError, P2PError
     from p2p.inference import DEFAULT_SEED, geometry, mode_of, translate
 
+    if args.ray or args.address or any(a.startswith("s3://") for a in (args.input, args.output)):
+        from p2p.batch_predict import run
+
+        return run(args)
     if args.batch_size < 1:
         raise P2PError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

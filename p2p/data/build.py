@@ -34,7 +34,7 @@ from PIL import Image
 
 from p2p.config import BuildConfig, DataConfig
 from p2p.data.images import encode_png, is_image_file, open_image
-from p2p.data.importer import default_workers, map_ordered
+from p2p.data.importer import Executor, ThreadExecutor, map_ordered
 from p2p.data.manifest import (
     SPLITS,
     sanitize_key,
@@ -247,6 +247,7 @@ def build_pairs(
     source: str | None = None,
     photo_names: dict[Path, str] | None = None,
     workers: int | None = None,
+    executor: Executor | None = None,
 ) -> ImportReport:
     """Make `build.num_pairs` pairs of `build.size` px for `build.task` from photos.
 
@@ -262,13 +263,15 @@ def build_pairs(
         source, photo_names: how report.json names the source and each photo (stable labels
             keep the output byte-identical across machines).
         workers: threads cutting and encoding tiles (default: `importer.default_workers()`).
+        executor: where tiles are cut and encoded instead of local threads, e.g. a
+            `p2p.raycluster.RayExecutor` (the output is byte-identical either way).
 
     Returns:
         An ImportReport.
     """
     t0 = time.perf_counter()
     out = Path(out)
-    workers = workers or default_workers()
+    run_on = executor or ThreadExecutor(workers)
     task = TASKS.get(build.task)
     if task is None:
         raise DataError(f"build.task {build.task!r} is not one of {', '.join(TASKS)}")
@@ -312,7 +315,7 @@ def build_pairs(
                 return encode_png(_as_channels(a, a_nc)), encode_png(_as_channels(b, b_nc))
 
             for t, (a_png, b_png) in zip(
-                by_photo[i], map_ordered(cut, by_photo[i], workers), strict=True
+                by_photo[i], map_ordered(cut, by_photo[i], run_on), strict=True
             ):
                 writer.add_png(t.key, t.split, a_png, b_png, size, size)
             log.info("%s: %d tiles", good[i].name, len(by_photo[i]))

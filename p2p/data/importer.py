@@ -10,13 +10,14 @@ the rest. An existing dataset at `out` is replaced only once the new one is comp
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from PIL import Image
 
@@ -36,19 +37,46 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def map_ordered(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> Iterator[Any]:
-    """`map(fn, items)` on a thread pool, results in input order, at most 2 * workers in flight."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        window: collections.deque = collections.deque()
-        for item in items:
-            window.append(pool.submit(fn, item))
-            if len(window) >= 2 * workers:
+class ThreadExecutor:
+    """Local executor: a thread pool (PIL releases the GIL while it (de)compresses).
+
+    Executors run `fn` over items with results in input order; the other one is
+    `p2p.raycluster.RayExecutor` (Ray tasks across a cluster). `remote` says whether `fn` runs
+    where this machine's files may not be visible (callers then ship file bytes with the items).
+    """
+
+    remote = False
+
+    def __init__(self, workers: int | None = None) -> None:
+        self.workers = default_workers() if workers is None else workers
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        """`map(fn, items)`, results in input order, at most 2 * workers in flight."""
+        if self.workers <= 1:
+            yield from map(fn, items)
+            return
+        with ThreadPoolExecutor(self.workers) as pool:
+            window: collections.deque = collections.deque()
+            for item in items:
+                window.append(pool.submit(fn, item))
+                if len(window) >= 2 * self.workers:
+                    yield window.popleft().result()
+            while window:
                 yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
+
+
+class Executor(Protocol):
+    remote: bool
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]: ...
+
+
+def map_ordered(
+    fn: Callable[[Any], Any], items: Iterable[Any], workers: int | Executor
+) -> Iterator[Any]:
+    """`map(fn, items)` in input order on `workers` threads, or on the given executor."""
+    ex = ThreadExecutor(workers) if isinstance(workers, int) else workers
+    yield from ex.map(fn, items)
 
 
 def import_pairs(
@@ -64,6 +92,7 @@ def import_pairs(
     seed: int = 0,
     check_aspect: bool = True,
     workers: int | None = None,
+    executor: Executor | None = None,
 ) -> ImportReport:
     """Import an aligned or folders source layout into the canonical layout at `out`.
 
@@ -79,6 +108,8 @@ def import_pairs(
             (`manifest.split_of`: a hash of seed and key).
         check_aspect: aligned only; reject files whose halves are shaped unlike the rest.
         workers: decode/encode threads (default: `default_workers()`).
+        executor: where the per-pair work runs instead of local threads, e.g. a
+            `p2p.raycluster.RayExecutor` (the output is byte-identical either way).
 
     Returns:
         An ImportReport (counts per split, skipped files, bytes, seconds).
@@ -88,7 +119,7 @@ def import_pairs(
     """
     t0 = time.perf_counter()
     src, out = Path(src), Path(out)
-    workers = workers or default_workers()
+    run_on = executor or ThreadExecutor(workers)
     if on_error not in ("fail", "skip"):
         raise ValueError(f"on_error must be fail or skip, got {on_error!r}")
     _check_not_nested(src, out)
@@ -97,7 +128,7 @@ def import_pairs(
     good: collections.Counter[str] = collections.Counter()
     a_sizes: dict[Path, tuple[int, int]] = {}  # aligned file -> size of its A half
     with DatasetWriter(out, name or out.name) as writer:
-        for c, pair in decode_pairs(found, data, encode=True, workers=workers):
+        for c, pair in decode_pairs(found, data, encode=True, workers=run_on):
             good[c.split] += 1
             a_sizes[c.a_file] = pair[2]
             if on_error == "skip" or not found.problems:
@@ -134,15 +165,23 @@ def import_pairs(
 
 
 def decode_pairs(
-    found: Scan, data: DataConfig, *, encode: bool = False, workers: int = 1
+    found: Scan, data: DataConfig, *, encode: bool = False, workers: int | Executor = 1
 ) -> Iterator[tuple[Candidate, tuple]]:
-    """Check every candidate (in a thread pool); yield (candidate, pair) for the good ones and
-    record problems for the rest, in candidate order (so reports are deterministic).
+    """Check every candidate (threads, or any executor); yield (candidate, pair) for the good
+    ones and record problems for the rest, in candidate order (so reports are deterministic).
 
     pair is (a, b) images, or with encode=True (a_png, b_png, a_size, b_size).
     """
     converted = 0
-    results = map_ordered(lambda c: _check(found, c, data, encode), found.candidates, workers)
+    where = Scan(found.root, found.kind)  # what `_check` needs: small to ship to Ray tasks
+    if getattr(workers, "remote", False):
+        # Other machines may not see these files: read them here, decode and encode there.
+        items: Iterable = ((c, _read_files(c)) for c in found.candidates)
+        results = map_ordered(lambda cb: _check(where, *cb, data, encode), items, workers)
+    else:
+        results = map_ordered(
+            lambda c: _check(where, c, {}, data, encode), found.candidates, workers
+        )
     for i, (c, (problems, conv, pair)) in enumerate(zip(found.candidates, results, strict=True)):
         if i and i % 500 == 0:
             log.info("checked %d / %d pairs", i, len(found.candidates))
@@ -178,17 +217,29 @@ def empty_splits(found: Scan, counts: dict[str, int]) -> None:
 # ----------------------------------------------------------------------------- internals
 
 
+def _read_files(c: Candidate) -> dict[Path, bytes]:
+    """The bytes of a candidate's files that can be read here (a file that cannot is left out:
+    the worker's own read then fails with the usual message)."""
+    blobs = {}
+    for f in (c.a_file, c.b_file):
+        if f is not None:
+            with contextlib.suppress(OSError):
+                blobs[f] = f.read_bytes()
+    return blobs
+
+
 def _check(
-    found: Scan, c: Candidate, data: DataConfig, encode: bool
+    found: Scan, c: Candidate, blobs: dict[Path, bytes], data: DataConfig, encode: bool
 ) -> tuple[list[Problem], bool, tuple | None]:
-    """Decode and check one candidate: (problems, converted?, (a, b) or PNG bytes + sizes)."""
+    """Decode and check one candidate: (problems, converted?, (a, b) or PNG bytes + sizes).
+    `blobs` holds the bytes of files already read (else they are read from disk here)."""
     a_nc, b_nc = side_channels(data)
     local = Scan(found.root, found.kind)  # per-call problem list: threads never share one
     notes: list[str] = []
     if c.b_file is None:
-        pair = _decode_aligned(local, c.a_file, a_nc, b_nc, notes)
+        pair = _decode_aligned(local, c.a_file, blobs.get(c.a_file), a_nc, b_nc, notes)
     else:
-        pair = _decode_folder_pair(local, c, a_nc, b_nc, notes)
+        pair = _decode_folder_pair(local, c, blobs, a_nc, b_nc, notes)
     if pair is not None and data.preprocess == "crop" and min(pair[0].size) < data.crop_size:
         w, h = pair[0].size
         local.bad(
@@ -203,11 +254,13 @@ def _check(
 
 
 def _decode_aligned(
-    found: Scan, f: Path, a_nc: int, b_nc: int, notes: list[str]
+    found: Scan, f: Path, blob: bytes | None, a_nc: int, b_nc: int, notes: list[str]
 ) -> tuple[Image.Image, Image.Image] | None:
     name = found.show(f)
     try:
-        img = open_image(f, name=name, channels=max(a_nc, b_nc), notes=notes)
+        img = open_image(
+            f if blob is None else blob, name=name, channels=max(a_nc, b_nc), notes=notes
+        )
         w, h = img.size
         if w % 2:
             raise DataError(f"{name}: odd width {w}: cannot split into equal A | B halves")
@@ -222,13 +275,13 @@ def _decode_aligned(
 
 
 def _decode_folder_pair(
-    found: Scan, c: Candidate, a_nc: int, b_nc: int, notes: list[str]
+    found: Scan, c: Candidate, blobs: dict[Path, bytes], a_nc: int, b_nc: int, notes: list[str]
 ) -> tuple[Image.Image, Image.Image] | None:
     imgs = []
     for f, nc in ((c.a_file, a_nc), (c.b_file, b_nc)):
         name = found.show(f)
         try:
-            imgs.append(open_image(f, name=name, channels=nc, notes=notes))
+            imgs.append(open_image(blobs.get(f, f), name=name, channels=nc, notes=notes))
         except DataError as e:
             found.bad(f, reason(e, name))
     if len(imgs) < 2:
