@@ -36,6 +36,10 @@ whose name and sha256 the old index already lists are not uploaded, index.json i
 LAST (one atomic PUT), and only then are shards the new index no longer names deleted. A run
 killed at any point leaves the old index and every shard it names in place; its temp folder
 is removed by the next run (temp folders of dead processes are cleaned at start).
+
+Modules: `shard_index` (the typed index, validation), `shard_tar` (the deterministic tar
+writer), `shard_publish` (local swap, S3 uploads, stale temp cleanup); this module assigns
+pairs to buckets, encodes them and runs the whole write. Their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -47,16 +51,10 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
-import tarfile
-import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,247 +62,42 @@ from p2p.atomic import swap_dir_into_place
 from p2p.config import DataConfig
 from p2p.data import storage
 from p2p.data.manifest import SPLITS
+from p2p.data.shard_index import (
+    FORMAT,
+    FORMAT_VERSION,
+    INDEX,
+    ShardIndex,
+    ShardInfo,
+    SplitInfo,
+    _index_bytes,
+    read_index,
+    shard_urls,
+)
+from p2p.data.shard_publish import STAGED_MAX, UPLOAD_THREADS, _local_workdir, _S3Sink, _Sink
+from p2p.data.shard_tar import _BLOCK, _member_header, _Sample, _ShardWriter
 from p2p.errors import DataError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "INDEX",
+    "STAGED_MAX",
+    "UPLOAD_THREADS",
+    "ShardIndex",
+    "ShardInfo",
+    "SplitInfo",
+    "_member_header",
+    "read_index",
+    "shard_urls",
+    "write_shards",
+]
 
 log = logging.getLogger(__name__)
 
-INDEX = "index.json"
-FORMAT = "p2p-webdataset"
-FORMAT_VERSION = 2  # 2: stable buckets, content-hashed names; 1 (sequential names) still reads
 JPEG_QUALITY = 95  # data.image_format = "jpg": fixed settings, 4:4:4 chroma
 ASSIGN_SEED = "p2p-shards-assign-v2"  # fixed: the assignment is part of the format
 FILL = 0.75  # average bucket fill aimed at, as a fraction of the shard limits
-UPLOAD_THREADS = 4  # S3: shards uploaded at once
-STAGED_MAX = 2 * UPLOAD_THREADS  # S3: finished shards on local disk at most (queued + uploading)
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_BLOCK = tarfile.BLOCKSIZE  # 512
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-# v2 names, and v1's sequential names (read only)
-_NAME = re.compile(r"(?P<split>[a-z]+)-(?P<num>\d{6})(?:-(?P<sha>[0-9a-f]{12}))?\.tar")
-_WORKDIR = re.compile(r"(?:p2p-shards|\..+\.tmp)-(?P<pid>\d+)-[0-9a-f]{8}")
-
-
-# ----------------------------------------------------------------------------- index
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """One shard as index.json lists it."""
-
-    name: str  # a plain file name in the shard folder / prefix
-    samples: int
-    bytes: int
-    sha256: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "samples": self.samples,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-        }
-
-
-@dataclass(frozen=True)
-class SplitInfo:
-    samples: int
-    bytes: int
-    shards: tuple[ShardInfo, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "samples": self.samples,
-            "bytes": self.bytes,
-            "shards": [s.to_json() for s in self.shards],
-        }
-
-
-@dataclass(frozen=True)
-class ShardIndex:
-    """A validated index.json: what every reader of a shard set uses (never the raw JSON)."""
-
-    name: str
-    data_version: dict[str, str | None]  # manifest_sha256, dvc_md5, dvc_source
-    params: dict[str, Any]
-    splits: dict[str, SplitInfo]
-    skipped: tuple[dict[str, str], ...] = ()
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def totals(self) -> dict[str, int]:
-        return {
-            "samples": sum(s.samples for s in self.splits.values()),
-            "shards": sum(len(s.shards) for s in self.splits.values()),
-            "bytes": sum(s.bytes for s in self.splits.values()),
-        }
-
-    def samples(self, split: str) -> int:
-        """Samples of one split; 0 if the index has no such split."""
-        entry = self.splits.get(split)
-        return entry.samples if entry else 0
-
-    def split(self, split: str, where: str = "") -> SplitInfo:
-        entry = self.splits.get(split)
-        if entry is None:
-            raise DataError(f"{where or self.name}: index.json has no split {split!r}")
-        return entry
-
-    def all_shards(self) -> list[ShardInfo]:
-        return [s for entry in self.splits.values() for s in entry.shards]
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "format": FORMAT,
-            "format_version": self.format_version,
-            "name": self.name,
-            "data_version": dict(self.data_version),
-            "params": dict(self.params),
-            "splits": {k: v.to_json() for k, v in self.splits.items()},
-            "totals": self.totals,
-        }
-        if self.skipped:
-            doc["skipped"] = [dict(s) for s in self.skipped]
-        return doc
-
-    @classmethod
-    def from_json(cls, doc: Any, where: str) -> ShardIndex:
-        """Validate an untrusted index.json document; DataError naming the key otherwise."""
-
-        def bad(key: str, reason: str) -> DataError:
-            return DataError(f"{where}: {key} {reason}")
-
-        def integer(v: Any, key: str) -> int:
-            if type(v) is not int or v < 0:
-                raise bad(key, f"must be a whole number >= 0, got {v!r}")
-            return v
-
-        def mapping(v: Any, key: str) -> dict:
-            if not isinstance(v, dict):
-                raise bad(key, f"must be an object, got {type(v).__name__}")
-            return v
-
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise DataError(f"{where}: not a p2p shard index")
-        version = doc.get("format_version")
-        if version not in (1, FORMAT_VERSION):
-            raise DataError(f"{where}: format_version {version!r} is not {FORMAT_VERSION}")
-        name = doc.get("name")
-        if not isinstance(name, str):
-            raise bad("name", f"must be a string, got {name!r}")
-        dv = mapping(doc.get("data_version", {}), "data_version")
-        data_version: dict[str, str | None] = {}
-        for k in ("manifest_sha256", "dvc_md5", "dvc_source"):
-            v = dv.get(k)
-            if v is not None and not isinstance(v, str):
-                raise bad(f"data_version.{k}", f"must be a string or null, got {v!r}")
-            data_version[k] = v
-        params = mapping(doc.get("params", {}), "params")
-        splits: dict[str, SplitInfo] = {}
-        seen: set[str] = set()
-        for split, entry in mapping(doc.get("splits"), "splits").items():
-            if split not in SPLITS:
-                raise bad("splits", f"has unknown split {split!r} (not {', '.join(SPLITS)})")
-            entry = mapping(entry, f"splits.{split}")
-            listed = entry.get("shards")
-            if not isinstance(listed, list):
-                raise bad(f"splits.{split}.shards", "must be a list")
-            shards = []
-            for i, s in enumerate(listed):
-                key = f"splits.{split}.shards[{i}]"
-                s = mapping(s, key)
-                sname = s.get("name")
-                m = _NAME.fullmatch(sname) if isinstance(sname, str) else None
-                if m is None or m["split"] != split:
-                    raise bad(
-                        f"{key}.name",
-                        f"{sname!r} is not a shard file name of this folder "
-                        f"({split}-NNNNNN-HASH.tar)",
-                    )
-                if (m["sha"] is None) != (version == 1):
-                    raise bad(f"{key}.name", f"{sname!r} does not fit format_version {version}")
-                if sname in seen:
-                    raise bad(f"{key}.name", f"{sname!r} is listed twice")
-                seen.add(sname)
-                sha = s.get("sha256")
-                if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-                    raise bad(f"{key}.sha256", f"must be 64 lowercase hex digits, got {sha!r}")
-                if m["sha"] is not None and not sha.startswith(m["sha"]):
-                    raise bad(f"{key}.name", f"{sname!r} does not match its sha256")
-                shards.append(
-                    ShardInfo(
-                        sname,
-                        integer(s.get("samples"), f"{key}.samples"),
-                        integer(s.get("bytes"), f"{key}.bytes"),
-                        sha,
-                    )
-                )
-            info = SplitInfo(
-                integer(entry.get("samples"), f"splits.{split}.samples"),
-                integer(entry.get("bytes"), f"splits.{split}.bytes"),
-                tuple(shards),
-            )
-            for what in ("samples", "bytes"):
-                total = sum(getattr(s, what) for s in shards)
-                if getattr(info, what) != total:
-                    raise bad(
-                        f"splits.{split}.{what}",
-                        f"is {getattr(info, what)} but its shards add up to {total}",
-                    )
-            splits[split] = info
-        skipped = doc.get("skipped", [])
-        if not isinstance(skipped, list) or not all(
-            isinstance(s, dict) and all(isinstance(v, str) for v in s.values()) for s in skipped
-        ):
-            raise bad("skipped", "must be a list of {file, reason} objects")
-        index = cls(name, data_version, dict(params), splits, tuple(skipped), version)
-        if "totals" in doc and doc["totals"] != index.totals:
-            raise bad("totals", f"{doc['totals']!r} do not match the splits ({index.totals})")
-        return index
-
-
-def read_index(shards_url: str | os.PathLike) -> ShardIndex:
-    """The validated index.json of a shard set (a directory or s3://bucket/prefix).
-
-    Raises:
-        DataError: no index (not sharded yet), not a p2p shard index, or a malformed one
-            (names outside the folder, wrong types, counts that do not add up).
-    """
-    url = storage.join_url(shards_url, INDEX)
-    try:
-        doc = json.loads(storage.read_bytes(url))
-    except storage.ObjectNotFound:
-        raise DataError(
-            f"{shards_url}: no shard index ({INDEX}); write shards with `p2p data shard`"
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{url}: not valid JSON ({e})") from None
-    return ShardIndex.from_json(doc, url)
-
-
-def shard_urls(shards_url: str | os.PathLike, split: str, index: ShardIndex) -> list[str]:
-    """URLs of one split's shards, in index order."""
-    entry = index.split(split, str(shards_url))
-    return [storage.join_url(shards_url, s.name) for s in entry.shards]
-
-
-def _index_bytes(index: ShardIndex) -> bytes:
-    return (json.dumps(index.to_json(), indent=1, sort_keys=True) + "\n").encode()
-
-
-# ----------------------------------------------------------------------------- writing
-
-
-@dataclass(frozen=True)
-class _Sample:
-    """One encoded sample, ready for the tar."""
-
-    key: str
-    members: tuple[tuple[str, bytes], ...]  # (member name, bytes), in tar order
-
-    @property
-    def tar_bytes(self) -> int:
-        # header + data padded to 512 per member (GNU long names add 2+ blocks; rare)
-        return sum(_BLOCK + -(-len(b) // _BLOCK) * _BLOCK for _, b in self.members)
 
 
 def write_shards(
@@ -513,131 +306,6 @@ def _encode(blob: bytes, path: Path, channels: int, ext: str) -> bytes:
     return buf.getvalue()
 
 
-def _member_header(name: str, size: int) -> bytes:
-    """The GNU tar header tarfile writes for a regular member with the fixed metadata (mode
-    0644, uid/gid 0, mtime 0, uname/gname "p2p"), built directly: tarfile's generic header
-    code was a fifth of the shard time. Names of 100+ bytes go through tarfile (LongLink)."""
-    raw = name.encode()
-    if len(raw) >= 100:
-        info = tarfile.TarInfo(name)
-        info.size, info.mtime, info.mode, info.uid, info.gid = size, 0, 0o644, 0, 0
-        info.uname = info.gname = "p2p"
-        return info.tobuf(tarfile.GNU_FORMAT, "utf-8", "surrogateescape")
-    buf = bytearray(_HEADER_TEMPLATE)
-    buf[0 : len(raw)] = raw
-    buf[124:136] = b"%011o\0" % size
-    buf[148:155] = b"%06o\0" % sum(buf)  # checksum over the header with the field as spaces
-    return bytes(buf)
-
-
-def _header_template() -> bytes:
-    buf = bytearray(_BLOCK)
-    for offset, value in (
-        (100, b"0000644\0"),  # mode
-        (108, b"0000000\0"),  # uid
-        (116, b"0000000\0"),  # gid
-        (136, b"00000000000\0"),  # mtime
-        (148, b"        "),  # checksum, spaces while summing
-        (156, b"0"),  # regular file
-        (257, b"ustar  \0"),  # GNU magic
-        (265, b"p2p"),  # uname
-        (297, b"p2p"),  # gname; devmajor/devminor stay NUL for regular files
-    ):
-        buf[offset : offset + len(value)] = value
-    return bytes(buf)
-
-
-_HEADER_TEMPLATE = _header_template()
-
-
-class _HashingWriter:
-    """File wrapper for tarfile: hashes and counts the bytes as they are written."""
-
-    def __init__(self, f: Any) -> None:
-        self.f, self.sha, self.n = f, hashlib.sha256(), 0
-
-    def write(self, b: bytes) -> int:
-        self.sha.update(b)
-        self.n += len(b)
-        return self.f.write(b)
-
-    def tell(self) -> int:
-        return self.n
-
-
-class _ShardWriter:
-    """Deterministic tar writer of one bucket; rolls over at max_count samples / max_size bytes.
-
-    Each finished tar is renamed to its content-hashed name and handed to the sink."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        split: str,
-        bucket: int,
-        max_count: int,
-        max_size: int,
-        say: Callable[[str], None],
-        sink: _Sink,
-    ) -> None:
-        self.workdir, self.split, self.bucket = workdir, split, bucket
-        self.max_count, self.max_size, self.say, self.sink = max_count, max_size, say, sink
-        self.shards: list[ShardInfo] = []
-        self.tar: io.BufferedWriter | None = None
-        self.count = self.size = 0
-        self.t0 = time.perf_counter()
-
-    def add(self, sample: _Sample) -> None:
-        n = sample.tar_bytes
-        if self.tar is not None and (
-            self.count >= self.max_count or _file_size(self.size + n) > self.max_size
-        ):
-            self._finish()
-        if self.tar is None:
-            self.path = self.workdir / f".{self.split}-{self.bucket:06d}.part"
-            self.tar = open(self.path, "wb")  # noqa: SIM115 - closed in _finish
-            self.hashing = _HashingWriter(self.tar)
-            self.count = self.size = 0
-            self.t0 = time.perf_counter()
-        # GNU format, as tarfile writes it: header, data, zero padding to 512 per member
-        for member, blob in sample.members:
-            pad = b"\0" * (-len(blob) % _BLOCK)
-            self.hashing.write(b"".join((_member_header(member, len(blob)), blob, pad)))
-        self.count += 1
-        self.size += n
-
-    def _finish(self) -> None:
-        assert self.tar is not None
-        # end of archive: two zero blocks, then zeros up to a whole record (as tarfile does)
-        end = 2 * _BLOCK
-        end += -(self.hashing.n + end) % tarfile.RECORDSIZE
-        self.hashing.write(b"\0" * end)
-        self.tar.close()
-        self.tar = None
-        sha = self.hashing.sha.hexdigest()
-        name = f"{self.split}-{self.bucket:06d}-{sha[:12]}.tar"
-        path = self.workdir / name
-        os.replace(self.path, path)
-        shard = ShardInfo(name, self.count, self.hashing.n, sha)
-        self.shards.append(shard)
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        self.say(
-            f"  {name}: {self.count} samples, {shard.bytes / 1e6:.2f} MB "
-            f"({shard.bytes / 1e6 / dt:.1f} MB/s)"
-        )
-        self.sink.add(path, shard)
-
-    def close(self) -> list[ShardInfo]:
-        if self.tar is not None:
-            self._finish()
-        return self.shards
-
-
-def _file_size(member_bytes: int) -> int:
-    """Size of a tar file holding members of this many bytes: + end blocks, record padding."""
-    return -(-(member_bytes + 2 * _BLOCK) // tarfile.RECORDSIZE) * tarfile.RECORDSIZE
-
-
 def _chunks(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -684,160 +352,3 @@ def _dvc_md5(raw_dir: Path) -> tuple[str | None, str | None]:
 
     v = recorded_version(raw_dir)
     return (v.md5, v.dvc_file) if v is not None else (None, None)
-
-
-# ----------------------------------------------------------------------------- publishing
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _clean_stale(parent: Path, prefix: str) -> None:
-    """Remove temp folders `prefix...-PID-HEX` in parent whose process is gone (a killed run's).
-    A pid reused since is taken as alive: the folder then waits for a later run."""
-    if not parent.is_dir():
-        return
-    for p in parent.iterdir():
-        m = _WORKDIR.fullmatch(p.name)
-        if m and p.name.startswith(prefix) and p.is_dir() and not _alive(int(m["pid"])):
-            log.info("removing %s, left by a killed shard run", p)
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _local_workdir(out: str) -> Path:
-    """A fresh temp dir: beside a local `out` (same filesystem, so the final rename is atomic),
-    or `TMPDIR/p2p-shards-PID-HEX` for S3 output. Stale ones of killed runs are removed first."""
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if storage.is_s3_url(out):
-        tmp_root = Path(tempfile.gettempdir())
-        _clean_stale(tmp_root, "p2p-shards-")
-        tmp = tmp_root / f"p2p-shards-{tag}"
-        tmp.mkdir()
-        return tmp
-    dst = Path(out)
-    if dst.is_symlink() or (dst.exists() and not dst.is_dir()):
-        raise DataError(f"{dst}: exists and is not a directory; refusing to replace it")
-    if dst.is_dir() and any(dst.iterdir()) and not (dst / INDEX).is_file():
-        raise DataError(
-            f"{dst}: exists, is not empty and is not a shard set (no {INDEX}); "
-            "refusing to replace it"
-        )
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(dst.parent, f".{dst.name}.tmp-")
-    tmp = dst.parent / f".{dst.name}.tmp-{tag}"
-    tmp.mkdir()
-    return tmp
-
-
-class _Sink:
-    """Where finished shards go. Local output: they stay in the workdir (renamed as a whole)."""
-
-    def add(self, path: Path, shard: ShardInfo) -> None:
-        pass
-
-    def publish(self, index_file: Path, index: ShardIndex) -> None:  # pragma: no cover
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-@dataclass
-class _S3Sink(_Sink):
-    """Uploads each finished shard at once (a few in parallel; the writer waits when
-    STAGED_MAX shards are on local disk), then index.json, then deletes stale shards."""
-
-    out: str
-    old: ShardIndex | None
-    say: Callable[[str], None]
-    sent: int = 0
-    uploaded: int = 0
-    kept: int = 0
-    staged: int = 0  # shard files on local disk now / at most
-    staged_max: int = 0
-    _futures: list[Future] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        prefix = self.out.rstrip("/") + "/"
-        listed = {u[len(prefix) :] for u in storage.list_urls(self.out)}
-        self.existing = {name for name in listed if "/" not in name}  # direct children only
-        self.old_shas = {s.name: s.sha256 for s in self.old.all_shards()} if self.old else {}
-        self.pool = ThreadPoolExecutor(max_workers=UPLOAD_THREADS)
-        self.slots = threading.BoundedSemaphore(STAGED_MAX)
-        self.lock = threading.Lock()
-        self.t0 = time.perf_counter()
-
-    def add(self, path: Path, shard: ShardInfo) -> None:
-        self._raise_failed()
-        if self._already_there(shard):
-            path.unlink()
-            self.kept += 1
-            return
-        self.slots.acquire()  # blocks the writer while STAGED_MAX shards wait or upload
-        with self.lock:
-            self.staged += 1
-            self.staged_max = max(self.staged_max, self.staged)
-        self._futures.append(self.pool.submit(self._upload, path, shard))
-
-    def _already_there(self, shard: ShardInfo) -> bool:
-        """Same name and sha256 in the old index, or an object a killed run uploaded whose
-        stored sha256 matches (content-hashed names: a HEAD only for those)."""
-        if self.old_shas.get(shard.name) == shard.sha256:
-            return True
-        if shard.name in self.existing:
-            st = storage.stat(storage.join_url(self.out, shard.name))
-            return bool(st and st["metadata"].get("sha256") == shard.sha256)
-        return False
-
-    def _upload(self, path: Path, shard: ShardInfo) -> None:
-        try:
-            n = storage.upload_file(
-                path, storage.join_url(self.out, shard.name), metadata={"sha256": shard.sha256}
-            )
-            with self.lock:
-                self.sent += n
-                self.uploaded += 1
-        finally:
-            path.unlink(missing_ok=True)
-            with self.lock:
-                self.staged -= 1
-            self.slots.release()
-
-    def _raise_failed(self) -> None:
-        for f in self._futures:
-            if f.done() and f.exception() is not None:
-                raise f.exception()  # type: ignore[misc]
-
-    def publish(self, index_file: Path, index: ShardIndex) -> None:
-        for f in self._futures:
-            f.result()  # the first failed upload raises: the old index stays in place
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        if self.uploaded:
-            self.say(
-                f"  uploaded {self.uploaded} shard(s) to {self.out}: {self.sent / 1e6:.1f} MB "
-                f"({self.sent / 1e6 / dt:.1f} MB/s); {self.kept} unchanged; at most "
-                f"{self.staged_max} staged on local disk"
-            )
-        else:
-            self.say(f"  all {self.kept} shard(s) already up to date in {self.out}")
-        # the swap: one atomic PUT; readers see the old set or the new one
-        storage.write_bytes(storage.join_url(self.out, INDEX), index_file.read_bytes())
-        names = {s.name for s in index.all_shards()}
-        for name in sorted(self.existing - names):
-            if _is_shard_name(name):
-                storage.remove(storage.join_url(self.out, name))
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _is_shard_name(name: str) -> bool:
-    m = _NAME.fullmatch(name)
-    return m is not None and m["split"] in SPLITS
