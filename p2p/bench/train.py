@@ -420,7 +420,7 @@ def bench_scaling(cfg, steps_per_epoch: int) -> list[dict[str, Any]]:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
         os.chdir(tmp)  # MLflow's default artifact dir (./mlruns) lands in the temp dir too
         # One local Ray for both runs (fit() reuses an initialised Ray and leaves it running).
-        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)  # see trainer.py
+        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
         try:
             for workers in (1, 2):
                 run_cfg = cfg.replace(

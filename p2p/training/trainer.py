@@ -3,7 +3,7 @@ launches the Ray Train job and exports the result to `models/`.
 
 Where training runs (`--address`, else `resources.address`, else `RAY_ADDRESS`):
 
-- "" (default): local Ray. `ray.init(num_cpus=num_workers x cpus_per_worker)` on this machine,
+- "" (default): a new local Ray (`address="local"`, num_workers x cpus_per_worker CPUs),
   shut down after the run.
 - `auto` or `host:6379`: driver on the cluster. This process joins the running cluster as the
   Ray driver (run it on a cluster node).
@@ -262,6 +262,7 @@ def _fit_here(
             else:
                 with quiet_auth_notice():  # Ray's default token auth, without the notice
                     ray.init(
+                        address="local",  # a new Ray: never a cluster `ray start` left here
                         num_cpus=max(1, math.ceil(res.num_workers * res.cpus_per_worker)),
                         num_gpus=math.ceil(res.num_workers * res.gpus_per_worker)
                         if res.use_gpu

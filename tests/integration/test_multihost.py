@@ -102,7 +102,7 @@ def test_cleanup_removes_a_crashed_runs_leftovers(tmp_path):
         cleanup_leftovers(prefix, state)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mh(request, tmp_path_factory):
     """The two-host cluster, S3 and MLflow; torn down by finalizers even when setup fails."""
     reason = unsupported_reason()
@@ -160,7 +160,7 @@ def mh(request, tmp_path_factory):
     return cluster
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def shards(mh):
     """Demo pairs sharded to S3 (96 train pairs)."""
     from p2p.config import load_config
@@ -172,7 +172,7 @@ def shards(mh):
     raw = mh.workdir / "raw"
     build_demo(raw, cfg.build, cfg.data)
     index = write_shards(raw, uri, cfg.data)
-    assert index["splits"]["train"]["samples"] == TRAIN_PAIRS
+    assert index.samples("train") == TRAIN_PAIRS
     return uri
 
 

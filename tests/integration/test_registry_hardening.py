@@ -297,7 +297,7 @@ def test_filter_values_with_backslashes_and_quotes(store, shards, tmp_path):
     m = evaluate_checkpoint(ckpt, shards[0], cfg, tmp_path / "eval-q")
     odd = "C:\\data\\v'1"
     v = registry.log_and_register(ckpt, cfg, m, lineage={"data_version": odd})
-    found = registry.find_version(name, data_version=odd, params_hash=cfg.params_hash())
+    found = registry.find_version(name, data_version=odd, params_hash=cfg.model_hash())
     assert found is not None and found.version == v.version
     assert registry.find_version(name, data_version="C:\\data", params_hash="x") is None
 
