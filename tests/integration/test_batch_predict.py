@@ -20,21 +20,6 @@ SIZES = {"a.png": (64, 64), "b.jpg": (80, 60), "sub/c.png": (64, 128), "sub/deep
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """Two Ray nodes with one CPU each: two one-CPU actors land one per node."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    yield c
-    if ray.is_initialized():
-        ray.shutdown()
-    c.shutdown()
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     import torch
     from data_fixtures import TINY

@@ -13,21 +13,6 @@ from data_fixtures import make_aligned, make_folders, noise, save, tree_hashes
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """Two Ray nodes with one CPU each: one-CPU tasks, spread, must use both."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    c.add_node(num_cpus=1)
-    c.wait_for_nodes()
-    yield c
-    if ray.is_initialized():
-        ray.shutdown()
-    c.shutdown()
-
-
 @pytest.fixture
 def connected(cluster):
     """This process as the cluster's driver (for the library-level tests)."""
