@@ -12,7 +12,7 @@ How it runs:
   (`--actors`, default `resources.num_workers`), each with `resources.cpus_per_worker` CPUs and,
   with `resources.use_gpu` (or `--device cuda`), `resources.gpus_per_worker` GPUs. Actors are
   spread over the nodes. Each actor loads the generator once, with the same loader as
-  single-process `p2p predict` (`p2p.cli.predict._load_model`): a registered model (the alias is
+  single-process `p2p predict` (`p2p.inference.load_model`): a registered model (the alias is
   resolved to a version once, on the driver, so a promotion during the job cannot mix two
   models), or a checkpoint file read on the driver and shipped through the object store (the
   nodes need not see the driver's files).
@@ -117,8 +117,7 @@ class _Translator:
     def __init__(self, model_args: dict[str, Any], checkpoint: Any, device: str) -> None:
         import ray
 
-        from p2p.cli.predict import _load_model
-        from p2p.inference import DEFAULT_SEED, geometry, mode_of
+        from p2p.inference import DEFAULT_SEED, geometry, load_model, mode_of
         from p2p.raycluster import node
 
         args = argparse.Namespace(**model_args)
@@ -129,7 +128,7 @@ class _Translator:
                     ray.get(checkpoint) if isinstance(checkpoint, ray.ObjectRef) else checkpoint
                 )
                 args.checkpoint = str(path)
-            self.g, self.cfg = _load_model(args, device)
+            self.g, self.cfg = load_model(args.checkpoint, args.model, device)
         self.in_nc = geometry(self.g, self.cfg)[0]
         # the same mode and seed as single-process `p2p predict`: the model's recorded mode
         self.mode = args.mode or mode_of(self.cfg)
@@ -213,10 +212,10 @@ def _reason(e: BaseException, name: str) -> str:
 def run(args: argparse.Namespace) -> int:
     """`p2p predict --ray | --address`: the batch job; 0 if every input is written or skipped,
     1 if some failed (listed in the summary and here)."""
-    from p2p.cli import load_cfg
+    from p2p.config import load_config
 
     t0 = time.perf_counter()
-    cfg = load_cfg(args)
+    cfg = load_config(args.params, args.overrides)
     res = cfg.resources
     if args.batch_size < 1:
         raise P2PError(f"--batch-size must be >= 1, got {args.batch_size}")

@@ -243,3 +243,16 @@ def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         t[None].float(), size=(h, w), mode="bicubic", align_corners=False, antialias=True
     )
     return out[0].clamp(-1, 1)
+
+
+def load_model(checkpoint: str | None, model_uri: str | None, device: str):
+    """(generator, its config or None) from a checkpoint file (p2p's or a reference
+    `latest_net_G.pth`: config None) or a registered model URI (`models:/NAME@alias`); the one
+    loading path of `p2p predict`, single-process and batch."""
+    from p2p.checkpoints import load_generator, read_generator_config
+
+    if checkpoint:  # translate() sets the mode
+        return load_generator(checkpoint, device=device), read_generator_config(checkpoint)
+    from p2p.registry import load_registered_generator
+
+    return load_registered_generator(model_uri, device=device)

@@ -156,14 +156,9 @@ def _plan(inp: Path, out: Path, is_image_file) -> list[tuple[Path, Path]]:
 
 
 def _load_model(args: argparse.Namespace, device: str):
-    from p2p.checkpoints import load_generator, read_generator_config
+    from p2p.inference import load_model
 
-    if args.checkpoint:  # translate() sets the mode
-        g = load_generator(args.checkpoint, device=device)
-        return g, read_generator_config(args.checkpoint)  # None for reference files
-    from p2p.registry import load_registered_generator
-
-    return load_registered_generator(args.model, device=device)
+    return load_model(args.checkpoint, args.model, device)
 
 
 def _save(img, dst: Path) -> None:

@@ -51,6 +51,7 @@ import os
 import re
 import shlex
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,7 +259,7 @@ def _fit_here(
             if os.environ.get(_JOB_ENV):  # the driver of a Ray Job: the job's runtime_env holds
                 ray.init(address=address or "auto")  # `env` already; Ray refuses to merge both
             elif address:
-                ray.init(address=address, runtime_env={"env_vars": env})
+                _init_with_retry(ray, address, {"env_vars": env})
             else:
                 with quiet_auth_notice():  # Ray's default token auth, without the notice
                     ray.init(
@@ -525,3 +526,20 @@ def _checkpoint_uri(checkpoint: Any, storage_path: str) -> str:
 def _first_line(e: BaseException | str) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def _init_with_retry(ray: Any, address: str, runtime_env: dict[str, Any]) -> None:
+    """ray.init on a cluster. A Ray Client server sometimes answers a connect with a bare
+    "Initialization failure from server" while it is still setting up the previous session's
+    teardown: an infrastructure fault, so tried again twice after a pause, then raised."""
+    for attempt in range(3):
+        try:
+            ray.init(address=address, runtime_env=runtime_env)
+            return
+        except ConnectionError as e:
+            if not address.startswith("ray://") or attempt == 2:
+                raise
+            log.warning("ray: %s; trying %s again in 5 s", _first_line(e), address)
+            if ray.is_initialized():
+                ray.shutdown()
+            time.sleep(5)
