@@ -44,12 +44,8 @@ def _generator(cfg, seed=0):
 SIZES = {"astronaut": (128, 128), "chelsea": (150, 100), "coffee": (120, 80)}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small convs on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
+# torch on one thread for every test here (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

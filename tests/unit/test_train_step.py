@@ -16,14 +16,8 @@ from p2p.losses import GANLoss
 from p2p.models import build_discriminator, build_generator
 from p2p.training.step import LOSS_KEYS, train_step
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convs on a shared 2-core machine: one thread is ~3x faster than two (less contention).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# torch on one thread for every test here (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(**over):
