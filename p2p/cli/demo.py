@@ -79,35 +79,6 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def untrained_baseline(cfg: Any) -> dict[str, Any] | None:
-    """Test metrics of a freshly initialised generator of the same architecture (seeded like
-    training), on the same shards: the "before" of the demo. None if there are no shards."""
-    import tempfile
-    from pathlib import Path
-
-    import torch
-
-    from p2p.checkpoints import save_generator
-    from p2p.errors import P2PError
-    from p2p.evaluation.evaluate import evaluate_checkpoint
-    from p2p.models import build_generator
-
-    cfg = cfg.replace(**{"data.loader_workers": 0})  # 24 images: no loader processes needed
-    torch.manual_seed(cfg.train.seed)
-    g = build_generator(cfg.model, cfg.data.input_nc, cfg.data.output_nc)
-    quiet = logging.getLogger("p2p.evaluation.evaluate")  # its INFO line names a temp dir
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    with tempfile.TemporaryDirectory(prefix="p2p-untrained-") as tmp:
-        ckpt = save_generator(Path(tmp) / "untrained.pt", g, cfg)
-        try:
-            return evaluate_checkpoint(ckpt, cfg.data.shards, cfg, Path(tmp) / "eval")
-        except P2PError:
-            return None
-        finally:
-            quiet.setLevel(level)
-
-
 def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
     from p2p.registry import RegistryError, get_version
     from p2p.settings import Settings
@@ -155,19 +126,20 @@ def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
         f"  test metrics : L1 {scores.get('l1', nan):.4f}  PSNR {scores.get('psnr', nan):.2f} dB  "
         f"SSIM {scores.get('ssim', nan):.4f}"
     )
-    base = untrained_baseline(cfg)
-    if base is not None and "psnr" in scores:
-        print(
-            f"  untrained G  : L1 {base['l1']:.4f}  PSNR {base['psnr']:.2f} dB  "
-            f"SSIM {base['ssim']:.4f}  (PSNR gain {scores['psnr'] - base['psnr']:+.2f} dB)"
-        )
-    identity = (base or {}).get("baseline_input")  # a property of the test set
-    if identity and "psnr" in scores:
-        print(
-            f"  input as out : L1 {identity['l1']:.4f}  PSNR {identity['psnr']:.2f} dB  "
-            f"SSIM {identity['ssim']:.4f}  (doing nothing; PSNR gain "
-            f"{scores['psnr'] - identity['psnr']:+.2f} dB)"
-        )
+    # the trivial baselines, scored by `p2p evaluate` on the same test images
+    tags = champ.tags if champ else {}
+    margins = []
+    for name in ("input", "untrained", "classical"):
+        if f"baseline.{name}.psnr" not in tags:
+            continue
+        what, psnr = tags[f"baseline.{name}"], float(tags[f"baseline.{name}.psnr"])
+        margin = float(tags[f"margin.{name}.psnr"])
+        margins.append(margin)
+        print(f"  baseline     : {what}: PSNR {psnr:.2f} dB  (model {margin:+.2f} dB)")
+    if margins:
+        beats = all(m > 0 for m in margins)
+        verdict = "beats every baseline" if beats else "does NOT beat every baseline"
+        print(f"  verdict      : the champion {verdict} on held-out test photos")
     print("  sample grid  : reports/samples.png   (input | output | target)")
     print("  results page : reports/index.html")
     uri = Settings.from_env().mlflow_tracking_uri

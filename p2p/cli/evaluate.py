@@ -49,10 +49,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     )
     for mode, s in m.get("modes_val", {}).items():
         print(f"val, {mode} mode: l1 {s['l1']:.4f}  psnr {s['psnr']:.2f} dB  ssim {s['ssim']:.4f}")
-    if base := m.get("baseline_input"):
+    labels = m.get("baseline_labels", {})
+    for name, base in m.get("baselines", {}).items():
         print(
-            f"input as output (baseline): l1 {base['l1']:.4f}  psnr {base['psnr']:.2f} dB  "
-            f"ssim {base['ssim']:.4f}"
+            f"baseline {labels.get(name, name)}: l1 {base['l1']:.4f}  psnr {base['psnr']:.2f} dB  "
+            f"ssim {base['ssim']:.4f}  (model {m['margins_psnr'][name]:+.2f} dB)"
         )
     for name, reason in m.get("unavailable", {}).items():
         print(f"{name}: unavailable ({reason})")

@@ -5,6 +5,7 @@ A task turns a square photo tile B into its input A (numpy + PIL only):
     edges     A = Canny-like edge map (dark lines on white)   edges -> photo
     colorize  A = luma of B (ITU-R 601)                        grayscale -> colour
     superres  A = B downscaled x4 then upscaled bicubic        low-res -> high-res
+    denoise   A = B + Gaussian noise (std 75 of 255 grey levels) noisy -> clean (the demo)
 
 Tiles: `build.num_pairs` square crops of `build.size` pixels, spread round-robin over the photos,
 each with a random scale and position from `random.Random(build.seed)` (side between ~30% and
@@ -21,6 +22,7 @@ place atomically, and is byte-identical for the same photos and params.
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import random
 import time
@@ -121,11 +123,28 @@ def low_res(photo: Image.Image, factor: int = 4) -> Image.Image:
     return small.resize((w, h), Image.Resampling.BICUBIC)
 
 
-# task name -> (photo tile B -> input A); the explicit registry of `build.task`
+DENOISE_SIGMA = 75.0  # grey levels (of 255): strong noise, where a Gaussian blur is a fair fight
+
+
+def noisy(photo: Image.Image, sigma: float = DENOISE_SIGMA) -> Image.Image:
+    """Additive Gaussian noise of std `sigma` grey levels, rounded and clipped to [0, 255].
+
+    The noise is seeded by the tile's own pixels (sha256), so a build is byte-identical on any
+    machine and executor, and adding or removing other tiles never changes this one.
+    """
+    x = np.asarray(photo.convert("RGB"), dtype=np.float64)  # (H, W, 3)
+    seed = int.from_bytes(hashlib.sha256(x.astype(np.uint8).tobytes()).digest()[:8], "big")
+    x = x + np.random.default_rng(seed).normal(0.0, sigma, x.shape)
+    return Image.fromarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
+
+
+# task name -> (photo tile B -> input A); the explicit registry of `build.task`. Each task's
+# classical baseline (what a model must beat) is p2p.evaluation.baselines.CLASSICAL[task].
 TASKS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "edges": edge_map,
     "colorize": grayscale,
     "superres": low_res,
+    "denoise": noisy,
 }
 
 # ----------------------------------------------------------------------------- tiling plan

@@ -22,6 +22,7 @@ the previous results intact.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import datetime as _dt
 import hashlib
@@ -39,6 +40,7 @@ from p2p import __version__
 from p2p.atomic import write_bytes_atomic
 from p2p.config import ExperimentConfig
 from p2p.errors import P2PError
+from p2p.evaluation.baselines import Method
 from p2p.evaluation.grid import pick_rows, render_grid
 from p2p.evaluation.scoring import ScoreSums, score_batches
 from p2p.inference import DEFAULT_SEED, MODES, check_mode, dropout_seed, inference_mode
@@ -136,14 +138,14 @@ def evaluate_checkpoint(
     g = load_generator(checkpoint, device=device, eval_mode=True)
     _check_channels(g, cfg, checkpoint)
     mode = check_mode(cfg.eval.inference_mode, "eval.inference_mode")
-    # "input as output": the score of doing nothing, when input and target have one shape
-    # (super-resolution, denoising, ...). A model should beat it, not just an untrained one.
-    with_identity = cfg.data.input_nc == cfg.data.output_nc
+    # the trivial baselines (p2p.evaluation.baselines), scored on the same images in one pass
+    baselines, labels = _baselines(g, shards, index, cfg, mode, device)
     extra = OptionalMetrics(device)
     res = _score_split(
         g, shards, split, n_total, cfg, mode, device, checkpoint,
-        rows=pick_rows(n_total, cfg.eval.num_samples), identity=with_identity, extra=extra,
+        rows=pick_rows(n_total, cfg.eval.num_samples), baselines=baselines, extra=extra,
     )  # fmt: skip
+    margins = {k: res.means["psnr"] - b["psnr"] for k, b in res.baselines.items()}
     # Both modes on val: the same weights give different images in each; this shows which
     # mode suits the model (the test scores above use eval.inference_mode).
     modes_val: dict[str, dict[str, float]] = {}
@@ -167,7 +169,11 @@ def evaluate_checkpoint(
         **res.means,
         **scores,
         "unavailable": unavailable,
-        "baseline_input": res.identity,
+        # {input, untrained, classical}: {l1, psnr, ssim} of each baseline on the same images
+        "baselines": res.baselines,
+        "baseline_labels": labels,  # what each baseline is, e.g. the classical method
+        "margins_psnr": margins,  # model PSNR - baseline PSNR, dB
+        "beats_baselines": bool(margins) and all(v > 0 for v in margins.values()),
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "shards": str(shards),
@@ -221,8 +227,84 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
 class _SplitScores:
     n: int
     means: dict[str, float]  # l1, psnr, ssim
-    identity: dict[str, float] | None  # the input scored as the output
+    baselines: dict[str, dict[str, float]]  # name -> l1, psnr, ssim of that baseline
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # grid rows (input, output, target)
+
+
+def built_task(cfg: ExperimentConfig) -> str | None:
+    """The build task that made the data (`build.task`), if p2p built it from photos."""
+    d = cfg.data
+    return cfg.build.task if d.source == "demo" or d.source_format == "photos" else None
+
+
+def _baselines(
+    g: torch.nn.Module,
+    shards: str,
+    index: ShardIndex,
+    cfg: ExperimentConfig,
+    mode: str,
+    device: str,
+) -> tuple[dict[str, Method], dict[str, str]]:
+    """name -> method for each baseline that applies, and name -> what it is."""
+    from p2p.evaluation.baselines import CLASSICAL, pick_param
+    from p2p.evaluation.metrics import psnr
+    from p2p.models.layers import init_weights
+
+    methods: dict[str, Method] = {}
+    labels: dict[str, str] = {}
+    if cfg.data.input_nc == cfg.data.output_nc:  # doing nothing is defined
+        methods["input"], labels["input"] = (lambda x: x), "the input as the output"
+    # an untrained generator of the same architecture, initialised like training, run in the
+    # same inference mode as the model
+    g0 = copy.deepcopy(g)
+    torch.manual_seed(cfg.train.seed)
+    init_weights(g0, cfg.model.init_type, cfg.model.init_gain)
+    for m in g0.modules():
+        if hasattr(m, "reset_running_stats"):
+            m.reset_running_stats()
+
+    def untrained(x: torch.Tensor) -> torch.Tensor:
+        with inference_mode(g0, mode), contextlib.ExitStack() as stack:
+            if mode == "paper":
+                stack.enter_context(dropout_seed(g0, DEFAULT_SEED))
+            return g0(x)
+
+    methods["untrained"], labels["untrained"] = untrained, "the untrained generator"
+    task = built_task(cfg)
+    if task in CLASSICAL:
+        c = CLASSICAL[task]
+        param = c.params[0]
+        if len(c.params) > 1 and index.samples("val") > 0:
+            val = _eval_batches(
+                shards, "val", index.samples("val"), cfg, cfg.eval.batch_size, device
+            )
+            param = pick_param(
+                c, val, cfg.data.output_nc, lambda o, t: psnr(o, t, reduction="none")
+            )
+        methods["classical"] = c.make(param, cfg.data.output_nc)
+        labels["classical"] = f"{task}: " + c.label.format(p=param)
+    return methods, labels
+
+
+def _eval_batches(
+    shards: str, split: str, n_total: int, cfg: ExperimentConfig, batch: int, device: str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every sample of `split` once, in order, with the eval transform."""
+    from p2p.data.dataset import make_loader
+
+    # ceil(N / batch) batches; the last one is padded by wrapping around to the first
+    # samples, which are dropped here
+    loader = make_loader(
+        shards, split, cfg.data, batch_size=batch, rank=0, world_size=1, train=False,
+        seed=cfg.train.seed, epoch=0,
+    )  # fmt: skip
+    n = 0
+    for real_a, real_b in loader:
+        keep = min(real_a.shape[0], n_total - n)  # drop the wrap-around padding
+        if keep <= 0:
+            break
+        n += keep
+        yield real_a[:keep].to(device, torch.float32), real_b[:keep].to(device, torch.float32)
 
 
 def _score_split(
@@ -236,7 +318,7 @@ def _score_split(
     checkpoint: Path,
     *,
     rows: Sequence[int] = (),
-    identity: bool = False,
+    baselines: dict[str, Method] | None = None,
     extra: Any = None,
 ) -> _SplitScores:
     """Score every sample of `split` once in inference `mode`.
@@ -245,39 +327,24 @@ def _score_split(
     image is normalised with its own statistics and its dropout mask depends on the seed only,
     so a score is reproducible and `p2p predict` / the pyfunc / ONNX give the images scored.
     """
-    from p2p.data.dataset import make_loader
-
     paper = mode == "paper"
     batch = 1 if paper else max(1, cfg.eval.batch_size)
-    # eval loader: deterministic order, ceil(N / batch) batches; the last one is padded by
-    # wrapping around to the first samples, which are dropped before the forward pass
-    loader = make_loader(
-        shards, split, cfg.data, batch_size=batch, rank=0, world_size=1, train=False,
-        seed=cfg.train.seed, epoch=0,
-    )  # fmt: skip
-
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = 0
-        for real_a, real_b in loader:
-            keep = min(real_a.shape[0], n_total - n)  # drop the wrap-around padding
-            if keep <= 0:
-                break
-            n += keep
-            yield real_a[:keep].to(device, torch.float32), real_b[:keep].to(device, torch.float32)
+    batches = _eval_batches(shards, split, n_total, cfg, batch, device)
+    baselines = baselines or {}
 
     def generate(real_a: torch.Tensor) -> torch.Tensor:
         with dropout_seed(g, DEFAULT_SEED) if paper else contextlib.nullcontext():
             return g(real_a)
 
-    ident = ScoreSums()  # the input scored as the output
+    base = {k: ScoreSums() for k in baselines}
     wanted, grid = set(rows), []
     seen = 0
 
     def on_batch(real_a: torch.Tensor, fake_b: torch.Tensor, real_b: torch.Tensor, _: int) -> None:
         nonlocal seen
         _check_shapes(fake_b, real_b, checkpoint)
-        if identity:
-            ident.add(real_a, real_b)
+        for k, method in baselines.items():
+            base[k].add(method(real_a), real_b)
         if extra is not None and fake_b.shape[1] == 3:  # LPIPS / Inception take RGB
             extra.update(fake_b, real_b)
         for i in range(real_a.shape[0]):
@@ -286,13 +353,13 @@ def _score_split(
         seen += real_a.shape[0]
 
     with inference_mode(g, mode), torch.no_grad():
-        sums = score_batches(batches(), generate, on_batch=on_batch)
+        sums = score_batches(batches, generate, on_batch=on_batch)
     if sums.n != n_total:
         raise P2PError(f"{shards}: read {sums.n} {split} samples but the index says {n_total}")
     return _SplitScores(
         n=sums.n,
         means=sums.means(),
-        identity=ident.means() if identity else None,
+        baselines={k: b.means() for k, b in base.items()},
         rows=grid,
     )
 
@@ -336,9 +403,15 @@ def _index_html(
 
     scores = [(k, m[k]) for k in ("l1", "psnr", "ssim", "lpips", "fid") if k in m]
     rows = "".join(row(k, v, UNITS[k]) for k, v in scores)
-    base = m.get("baseline_input")
-    if base:
-        rows += "".join(row(f"{k}, input as output", base[k], UNITS[k]) for k in base)
+    labels = m.get("baseline_labels") or {}
+    for name, base in (m.get("baselines") or {}).items():
+        margin = m.get("margins_psnr", {}).get(name)
+        what = e(labels.get(name, name))
+        rows += "".join(
+            row(f"{k}, baseline: {labels.get(name, name)}", base[k], UNITS[k]) for k in base
+        )
+        if margin is not None:
+            rows += f"<tr><th>psnr margin over {what}</th><td>{margin:+.2f}</td><td>dB</td></tr>"
     rows += "".join(
         f"<tr><th>{e(k)}</th><td colspan=2>unavailable: {e(str(r))}</td></tr>"
         for k, r in m.get("unavailable", {}).items()

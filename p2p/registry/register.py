@@ -310,4 +310,13 @@ def _metric_tags(metrics: dict[str, Any]) -> dict[str, str]:
             )
     for k, reason in (metrics.get("unavailable") or {}).items():
         tags[f"metric.{k}"] = f"unavailable: {reason}"
+    # the trivial baselines on the same test images (p2p.evaluation.baselines)
+    labels = metrics.get("baseline_labels") or {}
+    for name, scores in (metrics.get("baselines") or {}).items():
+        tags[f"baseline.{name}"] = str(labels.get(name, name))
+        tags.update({f"baseline.{name}.{k}": repr(float(v)) for k, v in scores.items()})
+    for name, v in (metrics.get("margins_psnr") or {}).items():
+        tags[f"margin.{name}.psnr"] = repr(float(v))
+    if "beats_baselines" in metrics:
+        tags["eval.beats_baselines"] = str(bool(metrics["beats_baselines"])).lower()
     return tags

@@ -128,11 +128,20 @@ def test_evaluate_writes_metrics_grid_and_page(tmp_path, shards):
     assert m["ssim"] == pytest.approx(ssim(fakes, reals), abs=1e-6)
     # the "input as output" baseline (3 -> 3 channels): what doing nothing scores
     inputs = torch.cat([a for a, _ in samples])
-    base = m["baseline_input"]
+    base = m["baselines"]["input"]
     assert base["l1"] == pytest.approx(l1(inputs, reals), abs=1e-6)
     assert base["psnr"] == pytest.approx(psnr(inputs, reals), abs=1e-5)
     assert base["ssim"] == pytest.approx(ssim(inputs, reals), abs=1e-6)
     assert base["psnr"] != pytest.approx(m["psnr"])
+    # the build task's classical baseline (edges: flat grey) and an untrained generator
+    assert m["baseline_labels"]["classical"] == "edges: flat grey"
+    grey = torch.zeros_like(reals)
+    assert m["baselines"]["classical"]["psnr"] == pytest.approx(psnr(grey, reals), abs=1e-5)
+    assert math.isfinite(m["baselines"]["untrained"]["psnr"])
+    assert set(m["margins_psnr"]) == {"input", "untrained", "classical"}
+    for name, b in m["baselines"].items():
+        assert m["margins_psnr"][name] == pytest.approx(m["psnr"] - b["psnr"])
+    assert m["beats_baselines"] == all(v > 0 for v in m["margins_psnr"].values())
 
     grid = Image.open(out / "samples.png")
     # 2 rows (eval.num_samples) of input | output | target under a 22 px label row, 64 px
@@ -144,7 +153,8 @@ def test_evaluate_writes_metrics_grid_and_page(tmp_path, shards):
     page = (out / "index.html").read_text()
     assert 'src="samples.png"' in page and f"{m['psnr']:.4f}" in page
     assert "unavailable" in page
-    assert f"psnr, input as output</th><td>{base['psnr']:.4f}" in page
+    assert f"psnr, baseline: the input as the output</th><td>{base['psnr']:.4f}" in page
+    assert "psnr margin over edges: flat grey" in page
 
 
 def test_evaluate_failure_keeps_previous_results(tmp_path, shards):
