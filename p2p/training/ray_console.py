@@ -18,6 +18,12 @@ Three sources, three settings:
   forwarding; `drop_known_noise` removes the lines of `KNOWN_NOISE` from what the driver prints
   (they stay in the worker's .out/.err files). Only those lines: every other worker line,
   errors included, is printed as before.
+- At the end of a run on a loaded machine, Ray Train's PlacementGroupCleaner (a helper that
+  removes the run's placement group if the controller dies) may not stop within its 12 s: the
+  controller logs "Failed to stop PlacementGroupCleaner gracefully." with a GetTimeoutError
+  traceback, the cleaner "Monitor thread did not exit", or "Failed to connect to GCS" once the
+  local Ray is shut down. The run has finished and its placement group is removed by the
+  controller itself; these blocks (`KNOWN_NOISE_BLOCKS`, first line to last) are dropped too.
 """
 
 from __future__ import annotations
@@ -35,6 +41,18 @@ KNOWN_NOISE: dict[str, str] = {
     # logged on a logger named by its file path, outside `ray.train`: LoggingConfig misses it
     "Reporting training result ": "every ray.train.report, with the full metrics dict",
 }
+
+# Multi-line blocks: first line -> a substring of the block's last line (a traceback's error);
+# the lines between are dropped with them. A block cut by the batch ends with the batch.
+KNOWN_NOISE_BLOCKS: dict[str, str] = {
+    "Failed to stop PlacementGroupCleaner gracefully.": "GetTimeoutError",
+}
+KNOWN_NOISE.update(
+    {
+        "Monitor thread did not exit within": "Ray Train's PlacementGroupCleaner, at run end",
+        "rpc_client.h:204: Failed to connect to GCS within": "a leftover actor after shutdown",
+    }
+)
 
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 _HANDLER = "ray_print_logs"  # the name Ray gives its driver-side printer (ray._private.worker)
@@ -65,8 +83,19 @@ def is_noise(line: str) -> bool:
 
 
 def filter_batch(batch: dict[str, Any]) -> dict[str, Any] | None:
-    """A forwarded log batch without its KNOWN_NOISE lines (None when nothing is left)."""
-    lines = [line for line in batch.get("lines", []) if not is_noise(line)]
+    """A forwarded log batch without its KNOWN_NOISE lines and KNOWN_NOISE_BLOCKS (None when
+    nothing is left)."""
+    lines, end = [], None
+    for line in batch.get("lines", []):
+        if end is not None:  # inside a known block: drop up to and including its last line
+            if end in line:
+                end = None
+            continue
+        start = next((b for b in KNOWN_NOISE_BLOCKS if b in line), None)
+        if start is not None:
+            end = KNOWN_NOISE_BLOCKS[start]
+        elif not is_noise(line):
+            lines.append(line)
     if not lines:
         return None
     return batch if len(lines) == len(batch["lines"]) else {**batch, "lines": lines}

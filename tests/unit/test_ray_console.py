@@ -26,6 +26,26 @@ def test_known_noise_is_dropped_and_nothing_else():
     assert ray_console.filter_batch(clean) is clean
 
 
+def test_placement_group_cleaner_shutdown_blocks_are_dropped():
+    """Seen at the end of `make demo` on a loaded 2-core machine (the run had finished)."""
+    block = [
+        "Failed to stop PlacementGroupCleaner gracefully.",
+        "Traceback (most recent call last):",
+        '  File "/x/placement_group_callback.py", line 126, in _stop_cleaner',
+        "    ray.get(self._cleaner.stop.remote(), timeout=self._stop_timeout)",
+        "ray.exceptions.GetTimeoutError: Get timed out: some object(s) not ready.",
+    ]
+    kept = ray_console.filter_batch({"lines": [PROGRESS, *block, ERROR, "ValueError: real"]})
+    assert kept["lines"] == [PROGRESS, ERROR, "ValueError: real"]  # other tracebacks stay
+    assert ray_console.filter_batch({"lines": block[:3]}) is None  # a block cut by the batch
+    for line in (
+        "Monitor thread did not exit within 12.00 seconds",
+        "[2026-12-02 02:52:42,920 E 20296 20308] rpc_client.h:204: Failed to connect to GCS "
+        "within 60 seconds. GCS may have been killed.",
+    ):
+        assert ray_console.filter_batch({"lines": [line]}) is None
+
+
 def test_driver_printer_is_wrapped_once():
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
 
