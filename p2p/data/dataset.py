@@ -63,7 +63,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from p2p.config import DataConfig
 from p2p.data import storage
 from p2p.data.images import open_image
-from p2p.data.shards import ShardInfo, read_index, shard_urls
+from p2p.data.shards import ShardIndex, ShardInfo, read_index, shard_urls
 from p2p.data.transforms import PairedTransform
 from p2p.errors import DataError, P2PError
 
@@ -84,6 +84,7 @@ def make_loader(
     epoch: int = 0,
     num_batches: int | None = None,
     num_workers: int | None = None,
+    index: ShardIndex | None = None,
 ) -> DataLoader:
     """A DataLoader yielding `(real_a, real_b)` float32 batches (B, C, H, W) in [-1, 1].
 
@@ -98,6 +99,7 @@ def make_loader(
         num_batches: batches per rank this epoch (default: train N // (batch_size * world),
             at least 1; eval ceil(N / (batch_size * world))).
         num_workers: DataLoader processes (default data.loader_workers).
+        index: the shard set's index when the caller already read it (else read here).
 
     `loader.dataset.set_epoch(e)` re-plans the loader for another epoch (or build a new one).
     """
@@ -112,6 +114,7 @@ def make_loader(
         seed=seed,
         epoch=epoch,
         num_batches=num_batches,
+        index=index,
     )
     workers = data.loader_workers if num_workers is None else num_workers
     return ShardLoader(
@@ -139,11 +142,12 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         epoch: int = 0,
         num_batches: int | None = None,
+        index: ShardIndex | None = None,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size/rank/world_size: {batch_size}/{rank}/{world_size}")
         self.url = str(shards_url)
-        index = read_index(self.url)
+        index = index if index is not None else read_index(self.url)
         self.urls = shard_urls(self.url, split, index)
         self.shards = index.split(split, self.url).shards
         self.counts = [s.samples for s in self.shards]
