@@ -37,6 +37,7 @@ import resource
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,19 @@ def reference_step(net_g, net_d, opt_g, opt_d, real_a, real_b, lambda_l1: float 
 # ----------------------------------------------------------------------------- step bench
 
 
+@dataclass(frozen=True)
+class StepSpec:
+    """One implementation's step as a bench worker builds it (sent to a spawned process)."""
+
+    cfg_dict: dict
+    device: str
+    batch: int
+    impl: str  # "reference" | "p2p"
+    compile_: bool = False
+    compile_mode: str = "default"
+    precision: str = "auto"
+
+
 def bench_step(
     cfg,
     device: str,
@@ -173,11 +187,8 @@ def bench_step(
     try:
         for impl in ("reference", "p2p"):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_step_worker,
-                args=(child, cfg.to_dict(), device, batch, impl, compile_, compile_mode, precision),
-                daemon=True,
-            )
+            spec = StepSpec(cfg.to_dict(), device, batch, impl, compile_, compile_mode, precision)
+            proc = ctx.Process(target=_step_worker, args=(child, spec), daemon=True)
             proc.start()
             procs[impl], conns[impl] = proc, parent
         first = {impl: _recv(conns[impl], procs[impl]) for impl in procs}  # warm-up losses
@@ -232,21 +243,11 @@ def _recv(conn, proc) -> Any:
     return msg
 
 
-def _step_worker(
-    conn,
-    cfg_dict: dict,
-    device: str,
-    batch: int,
-    impl: str,
-    compile_: bool,
-    compile_mode: str = "default",
-    precision: str = "auto",
-) -> None:
+def _step_worker(conn, spec: StepSpec) -> None:
     """Child process: build one implementation, then run one step per "step" message."""
+    impl, compile_ = spec.impl, spec.compile_
     try:
-        fn, sync, peak, label = _setup_impl(
-            cfg_dict, device, batch, impl, compile_, compile_mode, precision
-        )
+        fn, sync, peak, label = _setup_impl(spec)
         import torch
 
         torch.manual_seed(2)  # the same seed in both processes: same dropout masks
@@ -263,18 +264,10 @@ def _step_worker(
             conn.send({"wall": time.perf_counter() - t0, "cpu": _cpu_seconds() - c0})
         conn.send({"peak_bytes": peak()})
     except Exception as e:  # report to the parent instead of dying silently
-        conn.send(RuntimeError(f"{impl} on {device}: {type(e).__name__}: {e}"))
+        conn.send(RuntimeError(f"{impl} on {spec.device}: {type(e).__name__}: {e}"))
 
 
-def _setup_impl(
-    cfg_dict: dict,
-    device: str,
-    batch: int,
-    impl: str,
-    compile_: bool,
-    compile_mode: str = "default",
-    precision: str = "auto",
-):
+def _setup_impl(spec: StepSpec):
     """(step function, device sync, peak memory in bytes, label) of one implementation."""
     import torch
 
@@ -285,7 +278,9 @@ def _setup_impl(
     from p2p.training.runtime import configure_backends
     from p2p.training.step import resolve_autocast, train_step
 
-    cfg = ExperimentConfig.from_dict(cfg_dict)
+    device, batch, impl, precision = spec.device, spec.batch, spec.impl, spec.precision
+    compile_, compile_mode = spec.compile_, spec.compile_mode
+    cfg = ExperimentConfig.from_dict(spec.cfg_dict)
     dev = torch.device(device)
     gpu = dev.type == "cuda"
     if impl == "p2p":
