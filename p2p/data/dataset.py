@@ -76,15 +76,8 @@ def make_loader(
     split: str,
     data: DataConfig,
     *,
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    train: bool = True,
-    seed: int = 0,
-    epoch: int = 0,
-    num_batches: int | None = None,
     num_workers: int | None = None,
-    index: ShardIndex | None = None,
+    **stream: Any,
 ) -> DataLoader:
     """A DataLoader yielding `(real_a, real_b)` float32 batches (B, C, H, W) in [-1, 1].
 
@@ -92,30 +85,13 @@ def make_loader(
         shards_url: shard set (dir or s3://bucket/prefix) written by `write_shards`.
         split: "train", "val" or "test".
         data: data config (channels, transform sizes, loader_workers, shuffle_buffer).
-        batch_size: samples per batch on this rank (the per-worker batch in DDP).
-        rank, world_size: this process's place among the data-parallel workers.
-        train: random crop/flip + shuffling (train) or deterministic resize and order (eval).
-        seed, epoch: the epoch's order and augmentations are a function of (seed, epoch).
-        num_batches: batches per rank this epoch (default: train N // (batch_size * world),
-            at least 1; eval ceil(N / (batch_size * world))).
         num_workers: DataLoader processes (default data.loader_workers).
-        index: the shard set's index when the caller already read it (else read here).
+        stream: `ShardStream`'s keyword arguments (batch_size required; rank, world_size,
+            train, seed, epoch, num_batches, index).
 
     `loader.dataset.set_epoch(e)` re-plans the loader for another epoch (or build a new one).
     """
-    ds = ShardStream(
-        shards_url,
-        split,
-        data,
-        batch_size=batch_size,
-        rank=rank,
-        world_size=world_size,
-        train=train,
-        seed=seed,
-        epoch=epoch,
-        num_batches=num_batches,
-        index=index,
-    )
+    ds = ShardStream(shards_url, split, data, **stream)
     workers = data.loader_workers if num_workers is None else num_workers
     return ShardLoader(
         ds,
@@ -127,7 +103,18 @@ def make_loader(
 
 
 class ShardStream(IterableDataset):
-    """The iterable behind `make_loader` (see the module docstring for the assignment)."""
+    """The iterable behind `make_loader` (see the module docstring for the assignment).
+
+    Args:
+        shards_url, split, data: as `make_loader`.
+        batch_size: samples per batch on this rank (the per-worker batch in DDP).
+        rank, world_size: this process's place among the data-parallel workers.
+        train: random crop/flip + shuffling (train) or deterministic resize and order (eval).
+        seed, epoch: the epoch's order and augmentations are a function of (seed, epoch).
+        num_batches: batches per rank this epoch (default: train N // (batch_size * world),
+            at least 1; eval ceil(N / (batch_size * world))).
+        index: the shard set's index when the caller already read it (else read here).
+    """
 
     def __init__(
         self,
