@@ -69,7 +69,7 @@ __all__ = [  # the field rules live in p2p.config_rules; importable from here as
 
 
 def _build_tasks() -> Iterable[str]:
-    from p2p.data.build import TASKS  # numpy + PIL: imported only when a config is checked
+    from p2p.data.build_tasks import TASKS  # numpy + PIL: imported only when checked
 
     return TASKS
 
@@ -137,7 +137,7 @@ class DataConfig(_Group):
 class BuildConfig(_Group):
     """How pairs are made from plain photos (`p2p data build`, `p2p data demo`)."""
 
-    task: str = choice("edges", BUILD_TASK_NAMES)  # p2p.data.build.TASKS: edges, colorize, ...
+    task: str = choice("edges", BUILD_TASK_NAMES)  # build_tasks.TASKS: edges, colorize, ...
     num_pairs: int = num(240, ge=1)  # pairs in all splits together (crops spread over the photos)
     size: int = num(256, ge=1)  # side of each square pair image
     seed: int = num(0, ge=0, le=SEED_MAX)  # builds are deterministic for a given seed
