@@ -22,10 +22,9 @@ overall deadline; a failing section is reported and the next one runs:
 
 The figures are appended to bench/RESULTS.md (`--results`; `-` prints only).
 
-One file on purpose (~450 lines): it is the script copied to and run on a bare GPU machine,
-with no p2p install and no Ray/MLflow, so its sections' child processes, the deadline and the
-report stay in one module that runs as `python -m p2p.bench.gpu_check` with the four
-dependencies above.
+One file on purpose (~450 lines): it is the entry point run on a bare GPU machine (the
+repository on PYTHONPATH, only the four packages above installed), so its sections, their child
+processes, the deadline and the report stay together in one script.
 """
 
 from __future__ import annotations
