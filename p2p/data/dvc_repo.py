@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from p2p.errors import P2PError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("p2p.data.versioning")  # the logger name from before the split
 
 T = TypeVar("T")
 
