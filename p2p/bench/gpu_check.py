@@ -21,6 +21,10 @@ overall deadline; a failing section is reported and the next one runs:
    batch), when two GPUs exist.
 
 The figures are appended to bench/RESULTS.md (`--results`; `-` prints only).
+
+One file on purpose (~450 lines): it is the entry point run on a bare GPU machine (the
+repository on PYTHONPATH, only the four packages above installed), so its sections, their child
+processes, the deadline and the report stay together in one script.
 """
 
 from __future__ import annotations

@@ -25,19 +25,18 @@ and seeds checks that both compute the same losses (on CPU fp32).
 Peak memory: the process's peak resident set (ru_maxrss: weights, optimizer states and
 activations) on CPU; torch.cuda.max_memory_allocated on GPU.
 
-Scaling: a short `p2p train` run (params file config, local Ray, temp shards, temp MLflow) with
-1 and then 2 workers; images/s of the second epoch as the training loop measures it.
+Scaling (`p2p.bench.scaling`): a short `p2p train` run (params file config, local Ray, temp
+shards, temp MLflow) with 1 and then 2 workers; images/s of the second epoch as the training
+loop measures it.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import statistics
-import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -104,10 +103,11 @@ def run(args: argparse.Namespace) -> int:
     if rows:
         _print_table(rows)
     if not args.no_scaling:
+        from p2p.bench.scaling import bench_scaling, print_scaling
         from p2p.config import load_config
 
         cfg = load_config(args.params, args.overrides)
-        _print_scaling(bench_scaling(cfg, args.scaling_steps))
+        print_scaling(bench_scaling(cfg, args.scaling_steps))
     return 0
 
 
@@ -150,6 +150,19 @@ def reference_step(net_g, net_d, opt_g, opt_d, real_a, real_b, lambda_l1: float 
 # ----------------------------------------------------------------------------- step bench
 
 
+@dataclass(frozen=True)
+class StepSpec:
+    """One implementation's step as a bench worker builds it (sent to a spawned process)."""
+
+    cfg_dict: dict
+    device: str
+    batch: int
+    impl: str  # "reference" | "p2p"
+    compile_: bool = False
+    compile_mode: str = "default"
+    precision: str = "auto"
+
+
 def bench_step(
     cfg,
     device: str,
@@ -173,11 +186,8 @@ def bench_step(
     try:
         for impl in ("reference", "p2p"):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_step_worker,
-                args=(child, cfg.to_dict(), device, batch, impl, compile_, compile_mode, precision),
-                daemon=True,
-            )
+            spec = StepSpec(cfg.to_dict(), device, batch, impl, compile_, compile_mode, precision)
+            proc = ctx.Process(target=_step_worker, args=(child, spec), daemon=True)
             proc.start()
             procs[impl], conns[impl] = proc, parent
         first = {impl: _recv(conns[impl], procs[impl]) for impl in procs}  # warm-up losses
@@ -232,21 +242,11 @@ def _recv(conn, proc) -> Any:
     return msg
 
 
-def _step_worker(
-    conn,
-    cfg_dict: dict,
-    device: str,
-    batch: int,
-    impl: str,
-    compile_: bool,
-    compile_mode: str = "default",
-    precision: str = "auto",
-) -> None:
+def _step_worker(conn, spec: StepSpec) -> None:
     """Child process: build one implementation, then run one step per "step" message."""
+    impl, compile_ = spec.impl, spec.compile_
     try:
-        fn, sync, peak, label = _setup_impl(
-            cfg_dict, device, batch, impl, compile_, compile_mode, precision
-        )
+        fn, sync, peak, label = _setup_impl(spec)
         import torch
 
         torch.manual_seed(2)  # the same seed in both processes: same dropout masks
@@ -263,18 +263,10 @@ def _step_worker(
             conn.send({"wall": time.perf_counter() - t0, "cpu": _cpu_seconds() - c0})
         conn.send({"peak_bytes": peak()})
     except Exception as e:  # report to the parent instead of dying silently
-        conn.send(RuntimeError(f"{impl} on {device}: {type(e).__name__}: {e}"))
+        conn.send(RuntimeError(f"{impl} on {spec.device}: {type(e).__name__}: {e}"))
 
 
-def _setup_impl(
-    cfg_dict: dict,
-    device: str,
-    batch: int,
-    impl: str,
-    compile_: bool,
-    compile_mode: str = "default",
-    precision: str = "auto",
-):
+def _setup_impl(spec: StepSpec):
     """(step function, device sync, peak memory in bytes, label) of one implementation."""
     import torch
 
@@ -285,7 +277,9 @@ def _setup_impl(
     from p2p.training.runtime import configure_backends
     from p2p.training.step import resolve_autocast, train_step
 
-    cfg = ExperimentConfig.from_dict(cfg_dict)
+    device, batch, impl, precision = spec.device, spec.batch, spec.impl, spec.precision
+    compile_, compile_mode = spec.compile_, spec.compile_mode
+    cfg = ExperimentConfig.from_dict(spec.cfg_dict)
     dev = torch.device(device)
     gpu = dev.type == "cuda"
     if impl == "p2p":
@@ -390,86 +384,3 @@ def _print_table(rows: list[dict]) -> None:
         "speedup = reference median / p2p median; (best) = ratio of the fastest steps; "
         "cpu s = process CPU seconds per step (median)"
     )
-
-
-# ----------------------------------------------------------------------------- scaling
-
-
-def bench_scaling(cfg, steps_per_epoch: int) -> list[dict[str, Any]]:
-    """images/s of a short local-Ray run with 1 and with 2 workers (same global batch)."""
-    import ray
-
-    from p2p.config import BuildConfig
-    from p2p.data.build import build_demo
-    from p2p.data.shards import write_shards
-    from p2p.training.trainer import fit
-
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="p2p-bench-train-") as tmp:
-        tmp = Path(tmp)
-        need = steps_per_epoch * cfg.train.batch_size
-        build = BuildConfig(
-            task=cfg.build.task,
-            num_pairs=int(need / 0.8) + 4,
-            size=max(cfg.data.load_size, cfg.data.crop_size),
-            seed=0,
-        )
-        build_demo(tmp / "raw", build, cfg.data)
-        write_shards(tmp / "raw", tmp / "shards", cfg.data)
-        saved, cwd = os.environ.get("MLFLOW_TRACKING_URI"), os.getcwd()
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-        os.chdir(tmp)  # MLflow's default artifact dir (./mlruns) lands in the temp dir too
-        # One local Ray for both runs (fit() reuses an initialised Ray and leaves it running).
-        ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
-        try:
-            for workers in (1, 2):
-                run_cfg = cfg.replace(
-                    **{
-                        "resources.num_workers": workers,
-                        "resources.cpus_per_worker": 1,
-                        "resources.address": "",
-                        "train.epochs": 2,
-                        "train.steps_per_epoch": steps_per_epoch,
-                        "train.val_batches": 0,
-                        "train.keep_checkpoints": 1,
-                        "train.log_every": steps_per_epoch,
-                        "train.storage_path": str(tmp / "runs"),
-                        "train.experiment": "bench",
-                    }
-                )
-                t0 = time.perf_counter()
-                res = fit(
-                    run_cfg,
-                    shards=str(tmp / "shards"),
-                    out_dir=tmp / f"models{workers}",
-                    address="",
-                    run_name=f"bench-{workers}w",
-                )
-                rows.append(
-                    {
-                        "workers": workers,
-                        "batch": cfg.train.batch_size,
-                        "images_per_s": res.metrics.get("images_per_s", float("nan")),
-                        "wall_s": time.perf_counter() - t0,
-                    }
-                )
-        finally:
-            ray.shutdown()
-            os.chdir(cwd)
-            if saved is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = saved
-    return rows
-
-
-def _print_scaling(rows: list[dict[str, Any]]) -> None:
-    print()
-    print("scaling (params file config, local Ray, epoch-2 images/s, global batch fixed):")
-    print(f"{'workers':>7} {'batch':>6} {'img/s':>8} {'vs 1':>6} {'run wall s':>10}")
-    base = rows[0]["images_per_s"] if rows else float("nan")
-    for r in rows:
-        print(
-            f"{r['workers']:>7} {r['batch']:>6} {r['images_per_s']:>8.2f} "
-            f"{r['images_per_s'] / base:>5.2f}x {r['wall_s']:>10.1f}"
-        )

@@ -49,11 +49,9 @@ size and sample count are checked against index.json (`iter_tar_samples`).
 from __future__ import annotations
 
 import bisect
-import hashlib
 import math
 import os
 import random
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -61,14 +59,27 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from p2p.config import DataConfig
-from p2p.data import storage
 from p2p.data.images import open_image
-from p2p.data.shards import ShardInfo, read_index, shard_urls
+from p2p.data.shard_read import (
+    DEFAULT_MAX_MEMBER,
+    Sample,
+    iter_tar_samples,
+    register_webdataset_s3,
+)
+from p2p.data.shards import ShardIndex, read_index, shard_urls
 from p2p.data.transforms import PairedTransform
 from p2p.errors import DataError, P2PError
 
-DEFAULT_MAX_MEMBER = DataConfig.shard_max_member
-Sample = dict[str, Any]
+# the shard reader lives in p2p.data.shard_read; its names stay importable from here
+__all__ = [
+    "DEFAULT_MAX_MEMBER",
+    "Sample",
+    "ShardLoader",
+    "ShardStream",
+    "iter_tar_samples",
+    "make_loader",
+    "register_webdataset_s3",
+]
 
 
 def make_loader(
@@ -76,14 +87,8 @@ def make_loader(
     split: str,
     data: DataConfig,
     *,
-    batch_size: int,
-    rank: int = 0,
-    world_size: int = 1,
-    train: bool = True,
-    seed: int = 0,
-    epoch: int = 0,
-    num_batches: int | None = None,
     num_workers: int | None = None,
+    **stream: Any,
 ) -> DataLoader:
     """A DataLoader yielding `(real_a, real_b)` float32 batches (B, C, H, W) in [-1, 1].
 
@@ -91,28 +96,13 @@ def make_loader(
         shards_url: shard set (dir or s3://bucket/prefix) written by `write_shards`.
         split: "train", "val" or "test".
         data: data config (channels, transform sizes, loader_workers, shuffle_buffer).
-        batch_size: samples per batch on this rank (the per-worker batch in DDP).
-        rank, world_size: this process's place among the data-parallel workers.
-        train: random crop/flip + shuffling (train) or deterministic resize and order (eval).
-        seed, epoch: the epoch's order and augmentations are a function of (seed, epoch).
-        num_batches: batches per rank this epoch (default: train N // (batch_size * world),
-            at least 1; eval ceil(N / (batch_size * world))).
         num_workers: DataLoader processes (default data.loader_workers).
+        stream: `ShardStream`'s keyword arguments (batch_size required; rank, world_size,
+            train, seed, epoch, num_batches, index).
 
     `loader.dataset.set_epoch(e)` re-plans the loader for another epoch (or build a new one).
     """
-    ds = ShardStream(
-        shards_url,
-        split,
-        data,
-        batch_size=batch_size,
-        rank=rank,
-        world_size=world_size,
-        train=train,
-        seed=seed,
-        epoch=epoch,
-        num_batches=num_batches,
-    )
+    ds = ShardStream(shards_url, split, data, **stream)
     workers = data.loader_workers if num_workers is None else num_workers
     return ShardLoader(
         ds,
@@ -124,7 +114,18 @@ def make_loader(
 
 
 class ShardStream(IterableDataset):
-    """The iterable behind `make_loader` (see the module docstring for the assignment)."""
+    """The iterable behind `make_loader` (see the module docstring for the assignment).
+
+    Args:
+        shards_url, split, data: as `make_loader`.
+        batch_size: samples per batch on this rank (the per-worker batch in DDP).
+        rank, world_size: this process's place among the data-parallel workers.
+        train: random crop/flip + shuffling (train) or deterministic resize and order (eval).
+        seed, epoch: the epoch's order and augmentations are a function of (seed, epoch).
+        num_batches: batches per rank this epoch (default: train N // (batch_size * world),
+            at least 1; eval ceil(N / (batch_size * world))).
+        index: the shard set's index when the caller already read it (else read here).
+    """
 
     def __init__(
         self,
@@ -139,11 +140,12 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         epoch: int = 0,
         num_batches: int | None = None,
+        index: ShardIndex | None = None,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad batch_size/rank/world_size: {batch_size}/{rank}/{world_size}")
         self.url = str(shards_url)
-        index = read_index(self.url)
+        index = index if index is not None else read_index(self.url)
         self.urls = shard_urls(self.url, split, index)
         self.shards = index.split(split, self.url).shards
         self.counts = [s.samples for s in self.shards]
@@ -325,128 +327,3 @@ class ShardLoader(DataLoader):
             if isinstance(item, _WorkerError):
                 raise item.error
             yield item
-
-
-class _VerifyingReader:
-    """Reads a shard for tarfile while hashing and counting its bytes; refuses to read more
-    bytes than index.json lists."""
-
-    def __init__(self, f: Any, url: str, limit: int | None) -> None:
-        self.f, self.url, self.limit = f, url, limit
-        self.sha, self.n = hashlib.sha256(), 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.f.read(size)
-        self.sha.update(data)
-        self.n += len(data)
-        if self.limit is not None and self.n > self.limit:
-            raise DataError(
-                f"{self.url}: longer than the {self.limit} bytes index.json lists; "
-                "the shards changed after the index was written (re-run `p2p data shard`)"
-            )
-        return data
-
-    def drain(self) -> None:
-        while self.read(1 << 20):
-            pass
-
-
-def iter_tar_samples(
-    url: str, *, shard: ShardInfo | None = None, max_member: int = DEFAULT_MAX_MEMBER
-) -> Iterator[Sample]:
-    """Samples of one WebDataset tar, streamed from a local path or s3://.
-
-    Members are grouped by key the way WebDataset does it (key = name up to the first dot of
-    the basename; members of a sample are adjacent): `{"__key__": key, "input.png": bytes, ...}`.
-    A shard is untrusted input: members larger than `max_member` bytes are rejected before
-    they are read, as are links, other non-file members and duplicate names; a truncated or
-    garbage tar is a DataError naming the shard and the last member. With `shard` (its
-    index.json entry) the bytes are hashed as they stream, and at the end of the tar the sha256,
-    byte count and sample count must match the index.
-    """
-    from webdataset.tariterators import base_plus_ext
-
-    with storage.open_url(url) as f:
-        reader = _VerifyingReader(f, url, shard.bytes if shard else None)
-        sample: Sample | None = None
-        count = 0
-        names: set[str] = set()
-        for info, blob in _tar_members(reader, url, max_member):
-            if info.name in names:
-                raise DataError(f"{url}: duplicate member {info.name!r}")
-            names.add(info.name)
-            key, ext = base_plus_ext(info.name)
-            if key is None:
-                continue
-            if sample is None or key != sample["__key__"]:
-                if sample is not None:
-                    yield sample
-                    count += 1
-                sample = {"__key__": key}
-            ext = ext.lower()
-            if ext in sample:
-                raise DataError(f"{url}: duplicate member {info.name!r}")
-            sample[ext] = blob
-        if sample is not None:
-            yield sample
-            count += 1
-        if shard is None:
-            return
-        reader.drain()  # the zero blocks and record padding after the last member
-        if count != shard.samples:
-            raise DataError(
-                f"{url}: has {count} samples but index.json lists {shard.samples}; "
-                "the shards changed after the index was written (re-run `p2p data shard`)"
-            )
-        if reader.n != shard.bytes or reader.sha.hexdigest() != shard.sha256:
-            raise DataError(
-                f"{url}: sha256 differs from index.json ({reader.n} bytes read, "
-                f"{shard.bytes} listed); the shard is corrupt or was replaced"
-            )
-
-
-def _tar_members(
-    reader: _VerifyingReader, url: str, max_member: int
-) -> Iterator[tuple[Any, bytes]]:
-    """(TarInfo, bytes) of each regular member, checked before its data is read."""
-    last = None
-    try:
-        tar = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]  # noqa: SIM115
-        while True:
-            info = tar.next()
-            if info is None:
-                return
-            tar.members = []  # stream mode keeps every header otherwise
-            if info.issym() or info.islnk():
-                raise DataError(f"{url}: member {info.name!r} is a link; shards hold only files")
-            if not info.isreg():
-                raise DataError(f"{url}: member {info.name!r} is not a regular file")
-            if info.size > max_member:
-                raise DataError(
-                    f"{url}: member {info.name!r} is {info.size} bytes, more than "
-                    f"data.shard_max_member ({max_member})"
-                )
-            last = info.name
-            yield info, tar.extractfile(info).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, P2PError):
-            raise
-        after = f" after member {last!r}" if last else " at its first member"
-        raise DataError(f"{url}: not a valid tar{after} ({e or type(e).__name__})") from None
-
-
-def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> Any:
-    """`webdataset.gopen` handler for s3:// (boto3 streaming via p2p.data.storage)."""
-    if not mode.startswith("r"):
-        raise ValueError(f"{url}: only reading is supported, got mode {mode!r}")
-    return storage.open_url(url)
-
-
-def register_webdataset_s3() -> None:
-    """Let plain `webdataset.WebDataset("s3://...")` read through p2p.data.storage."""
-    from webdataset.gopen import gopen_schemes  # the dispatch dict, mutated in place
-
-    gopen_schemes.setdefault("s3", _gopen_s3)
-
-
-register_webdataset_s3()  # at import, so DataLoader worker processes have it too

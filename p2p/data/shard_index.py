@@ -1,19 +1,37 @@
 """The typed index of a shard set (`ShardIndex`, `SplitInfo`, `ShardInfo`): index.json read,
-validated (it is untrusted input) and written; shard names. See `p2p.data.shards` for the format."""
+validated (it is untrusted input) and written; shard names; the per-split key lists. See
+`p2p.data.shards` for the format.
+
+Key lists: beside index.json, `keys-{split}.txt` holds the sorted sample keys of each split, so
+that readers which need only the keys (registration lineage, the gate's overlap check) read one
+small file instead of every shard. Its first line ties it to the index it was written with:
+`# p2p-keys shards-sha256=H`, H = sha256 of the split's shard sha256s (one per line, index
+order). index.json itself is unchanged by them (same bytes as before, so DVC hashes stay). On
+S3 the key files are uploaded before index.json is replaced, so a run killed in between leaves
+a key file that no longer matches the (old) index: readers see the mismatch and fall back to
+the shards, as for shard sets written before key files existed.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from p2p.data import storage
 from p2p.data.manifest import SPLITS
 from p2p.errors import DataError
 
+log = logging.getLogger(__name__)
+
 INDEX = "index.json"
+KEYS = "keys-{split}.txt"  # the sorted sample keys of one split, beside index.json
+_KEYS_HEADER = "# p2p-keys shards-sha256="
 FORMAT = "p2p-webdataset"
 FORMAT_VERSION = 2  # 2: stable buckets, content-hashed names; 1 (sequential names) still reads
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -228,3 +246,72 @@ def _index_bytes(index: ShardIndex) -> bytes:
 def _is_shard_name(name: str) -> bool:
     m = _NAME.fullmatch(name)
     return m is not None and m["split"] in SPLITS
+
+
+# ----------------------------------------------------------------------------- key lists
+
+
+def _shards_digest(entry: SplitInfo) -> str:
+    """What a key file is tied to: the sha256 of its split's shard sha256s, in index order."""
+    return hashlib.sha256("".join(s.sha256 + "\n" for s in entry.shards).encode()).hexdigest()
+
+
+def _keys_bytes(entry: SplitInfo, keys: list[str]) -> bytes:
+    return "".join([f"{_KEYS_HEADER}{_shards_digest(entry)}\n"] + [k + "\n" for k in keys]).encode()
+
+
+def write_keys(workdir: Path, out: str, manifest: Any, index: ShardIndex) -> None:
+    """Write `keys-{split}.txt` of every split of a freshly written shard set into `workdir`
+    (and, when `out` is S3, upload them now: before index.json, which the caller replaces last).
+
+    The keys are the manifest's pairs of the split minus the pairs `index.skipped` names (what
+    the shard writer wrote); a split whose count then differs from the index gets no key file
+    (readers fall back to the shards), with a warning.
+    """
+    skipped = {s.get("file") for s in index.skipped}
+    for split, entry in index.splits.items():
+        keys = sorted(
+            p.key
+            for p in manifest.pairs(split)
+            if p.a.relative_to(manifest.root).as_posix() not in skipped
+            and p.b.relative_to(manifest.root).as_posix() not in skipped
+        )
+        if len(keys) != entry.samples:
+            log.warning(
+                "%s: %d keys for %d samples of split %s: no %s written",
+                out, len(keys), entry.samples, split, KEYS.format(split=split),
+            )  # fmt: skip
+            continue
+        name = KEYS.format(split=split)
+        data = _keys_bytes(entry, keys)
+        (workdir / name).write_bytes(data)
+        if storage.is_s3_url(out):
+            storage.write_bytes(storage.join_url(out, name), data)
+
+
+def read_keys(shards_url: str | os.PathLike, split: str, index: ShardIndex) -> list[str] | None:
+    """The sorted sample keys of one split from its key file; None when there is no key file
+    matching `index` (a shard set written before key files, or a key file left by an
+    interrupted S3 write).
+
+    Raises:
+        DataError: no such split; a key file that matches the index but is malformed.
+        StorageError: the store cannot be read.
+    """
+    entry = index.split(split, str(shards_url))
+    url = storage.join_url(shards_url, KEYS.format(split=split))
+    try:
+        text = storage.read_bytes(url).decode()
+    except storage.ObjectNotFound:
+        return None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{url}: not UTF-8 text ({e})") from None
+    header, _, body = text.partition("\n")
+    if header != _KEYS_HEADER + _shards_digest(entry):
+        return None
+    keys = body.splitlines()
+    if len(keys) != entry.samples:
+        raise DataError(
+            f"{url}: lists {len(keys)} keys but index.json has {entry.samples} {split} samples"
+        )
+    return keys

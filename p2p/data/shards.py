@@ -72,6 +72,7 @@ from p2p.data.shard_index import (
     _index_bytes,
     read_index,
     shard_urls,
+    write_keys,
 )
 from p2p.data.shard_publish import STAGED_MAX, UPLOAD_THREADS, _local_workdir, _S3Sink, _Sink
 from p2p.data.shard_tar import _BLOCK, _member_header, _Sample, _ShardWriter
@@ -154,6 +155,7 @@ def write_shards(
         splits, skipped = _write_tars(manifest, workdir, data, max_count, max_size, say, sink)
         index = _make_index(manifest, Path(raw_dir), data, max_count, max_size, splits, skipped)
         (workdir / INDEX).write_bytes(_index_bytes(index))
+        write_keys(workdir, out_s, manifest, index)  # keys-{split}.txt (uploaded before index)
         if s3:
             sink.publish(workdir / INDEX, index)
         else:

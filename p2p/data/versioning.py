@@ -4,121 +4,74 @@ A dataset version is DVC's content hash of the directory (`<md5>.dir`), recorded
 `<path>.dvc` next to the data; git tracks the `.dvc` file, the DVC remote holds the bytes.
 `version_dataset` is what a Prefect task calls; `pull_dataset` brings any recorded version back.
 
-Remotes (see `.dvc/config`):
-- `local` (default): `.dvc/storage` inside the repo; works with no server.
-- `s3`: its URL and endpoint are per machine. Either export `P2P_DVC_REMOTE_URL=s3://bucket/prefix`
-  (plus `AWS_ENDPOINT_URL` for MinIO/moto), which this module applies in memory and then pushes
-  to `s3` by default, or persist them with `configure_s3_remote` / `p2p data remote --s3 URL`,
-  which writes `.dvc/config.local` (git-ignored). Credentials stay in the environment (boto3
-  chain); nothing here writes them to a config file.
-
 Pipeline outs: a path that a dvc.yaml stage outputs (data/raw/NAME from `prepare`) belongs to
 the pipeline: its version lives in dvc.lock, written by `dvc repro` or, when a Prefect flow ran
 the stage itself, by `commit_stages` (`dvc commit` of the stage: the same cmd, deps, params and
 outs as `dvc repro` records). `version_dataset` refuses such a path (a `.dvc` file for it would
 make `dvc repro` fail with "output is specified in: NAME.dvc, prepare").
 
-This module is the one reader of DVC's files (`.dvc`, dvc.lock, the remote rule): shards,
-training tags, evaluation and `p2p doctor` ask it. A data version has one type, `DataVersion`:
-`.full` is what lineage tags and flow results carry (`<md5>.dir`, or `manifest-sha256:<hex>`
-for data DVC has not recorded), `.short` the 12 characters for run names and MLflow run tags.
-
-Concurrency: DVC's repo lock fails fast when another DVC command holds it. Calls into DVC from
-this module are serialized by a process-wide lock plus a file lock in `.dvc/tmp/` (other
-processes), and a remaining `LockError` (e.g. a `dvc repro` running in a shell) is retried with
-backoff. DVC resolves some targets against the current directory, so each call runs with the
-working directory set to the repo root (a no-op for the usual repo=".").
+Modules: `p2p.data.data_version` (the one reader of DVC's files: `.dvc`, dvc.lock, and the
+`DataVersion` type; no DVC import), `p2p.data.dvc_repo` (remotes, the S3 remote rule, serialized
+repository access); this module writes versions. Their public names are re-exported here, so
+`from p2p.data.versioning import DataVersion, current_version, ...` keeps working.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import random
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import yaml
 
 from p2p.atomic import write_text_atomic
+from p2p.data.data_version import (
+    MANIFEST_PREFIX,
+    DataVersion,
+    current_version,
+    recorded_version,
+    resolve_target,
+    short_version,
+)
+from p2p.data.dvc_repo import (
+    DVC_LOCK_RETRY_S,
+    LOCK_TIMEOUT_S,
+    S3_REMOTE,
+    configure_s3_remote,
+    default_remote,
+    default_remote_name,
+    env_config,
+    list_remotes,
+    open_repo,
+    serialized,
+)
 from p2p.errors import DataError, P2PError
 
-if TYPE_CHECKING:
-    from p2p.data.shards import ShardIndex
+__all__ = [
+    "DVC_LOCK_RETRY_S",
+    "LOCK_TIMEOUT_S",
+    "MANIFEST_PREFIX",
+    "S3_REMOTE",
+    "DataVersion",
+    "code_changes",
+    "commit_stages",
+    "configure_s3_remote",
+    "current_version",
+    "default_remote_name",
+    "env_config",
+    "list_remotes",
+    "pipeline_owned",
+    "pipeline_stage",
+    "pull_all",
+    "pull_dataset",
+    "recorded_version",
+    "short_version",
+    "stage_params",
+    "version_dataset",
+]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-MANIFEST_PREFIX = "manifest-sha256:"  # a data version DVC has not recorded: the manifest's hash
-S3_REMOTE = "s3"  # the name of the S3 remote in .dvc/config
-LOCK_TIMEOUT_S = 600.0  # how long a call waits for another p2p DVC call in this repo
-DVC_LOCK_RETRY_S = 120.0  # how long a call retries DVC's own lock held by a foreign process
-
-
-@dataclass(frozen=True)
-class DataVersion:
-    """One recorded version of a dataset directory (or file).
-
-    Attributes:
-        path: the data, relative to the repo root (posix).
-        md5: DVC content hash; directories end in ".dir".
-        nfiles: files in the directory (None for a single file).
-        size: total bytes.
-        remote: the DVC remote it was pushed to (None if not pushed).
-        dvc_file: the `.dvc` file, relative to the repo root.
-    """
-
-    path: str
-    md5: str
-    nfiles: int | None
-    size: int | None
-    remote: str | None
-    dvc_file: str
-
-    @property
-    def full(self) -> str:
-        """The whole identifier: lineage tags, flow results, the retrain comparison."""
-        return self.md5
-
-    @property
-    def short(self) -> str:
-        """12 hex characters (no `.dir`, no `manifest-sha256:`): run names, run tags."""
-        return short_version(self.md5)
-
-    @property
-    def dvc_recorded(self) -> bool:
-        """DVC's hash (not the `manifest-sha256:` fallback)."""
-        return not self.md5.startswith(MANIFEST_PREFIX)
-
-    @classmethod
-    def of_index(cls, index: ShardIndex) -> DataVersion:
-        """The version a shard index records: DVC's md5 of the raw data it was cut from when
-        DVC had recorded one, else the sha256 of the raw manifest (`manifest-sha256:<hex>`)."""
-        dv = index.data_version or {}
-        if dv.get("dvc_md5"):
-            md5, dvc_file = str(dv["dvc_md5"]), str(dv.get("dvc_source") or "")
-        else:
-            md5 = f"{MANIFEST_PREFIX}{dv.get('manifest_sha256') or 'unknown'}"
-            dvc_file = ""
-        return cls(index.name, md5, None, None, None, dvc_file)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DataVersion:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__})
-
-
-def short_version(full: str) -> str:
-    """The 12-character form of a data version: `ab12...ef.dir` -> `ab12...` (12 hex)."""
-    return full.removeprefix(MANIFEST_PREFIX).split(".")[0][:12]
 
 
 # ----------------------------------------------------------------------------- public API
@@ -141,13 +94,13 @@ def version_dataset(
     Returns:
         The DataVersion; `.md5` is the content hash to record (MLflow tags, flow results).
     """
-    root, target = _resolve(repo, path)
+    root, target = resolve_target(repo, path)
     if not target.exists():
         raise DataError(f"{target}: dataset path does not exist")
 
     def add_and_push() -> DataVersion:
-        with _open_repo(root) as r:
-            push_to = remote or _default_remote(r)
+        with open_repo(root) as r:
+            push_to = remote or default_remote(r)
             stage = _pipeline_stage(r, target)
             if stage is not None:  # `dvc add` would refuse it, or make `dvc repro` fail later
                 rel = target.relative_to(root).as_posix()
@@ -164,7 +117,7 @@ def version_dataset(
         log.info("versioned %s: %s (pushed to %s)", version.path, version.md5, push_to)
         return version
 
-    return _serialized(root, f"version {target}", add_and_push)
+    return serialized(root, f"version {target}", add_and_push)
 
 
 def commit_stages(
@@ -186,8 +139,8 @@ def commit_stages(
         raise P2PError(f"{root}: not a DVC repository (no .dvc/); run `dvc init`")
 
     def commit_and_push() -> dict[str, DataVersion]:
-        with _open_repo(root) as r:
-            push_to = remote or _default_remote(r)
+        with open_repo(root) as r:
+            push_to = remote or default_remote(r)
             r.scm_context.autostage = True
             versions: dict[str, DataVersion] = {}
             for name in stages:
@@ -201,23 +154,23 @@ def commit_stages(
             r.push(targets=list(stages), remote=push_to)
         return versions
 
-    versions = _serialized(root, f"commit {', '.join(stages)}", commit_and_push)
+    versions = serialized(root, f"commit {', '.join(stages)}", commit_and_push)
     log.info("dvc.lock records stages %s", ", ".join(stages))
     return versions
 
 
 def pipeline_stage(path: str | os.PathLike, repo: str | os.PathLike = ".") -> str | None:
     """The name of the dvc.yaml stage that outputs `path`; None if no stage does."""
-    root, target = _resolve(repo, path)
+    root, target = resolve_target(repo, path)
     if not (root / "dvc.yaml").is_file():
         return None
 
     def find() -> str | None:
-        with _open_repo(root) as r:
+        with open_repo(root) as r:
             stage = _pipeline_stage(r, target)
             return None if stage is None else stage.name
 
-    return _serialized(root, f"stages of {target}", find)
+    return serialized(root, f"stages of {target}", find)
 
 
 def stage_params(repo: str | os.PathLike = ".") -> dict[str, dict[str, Any]]:
@@ -230,7 +183,7 @@ def stage_params(repo: str | os.PathLike = ".") -> dict[str, dict[str, Any]]:
     from dvc.dependency.param import ParamsDependency
 
     def read() -> dict[str, dict[str, Any]]:
-        with _open_repo(root) as r:
+        with open_repo(root) as r:
             return {
                 s.name: {
                     "params": [
@@ -245,7 +198,7 @@ def stage_params(repo: str | os.PathLike = ".") -> dict[str, dict[str, Any]]:
                 if getattr(s, "cmd", None)
             }
 
-    return _serialized(root, "read dvc.yaml", read)
+    return serialized(root, "read dvc.yaml", read)
 
 
 def pipeline_owned(path: str, outs: list[str]) -> bool:
@@ -335,12 +288,12 @@ def pull_dataset(
                 )
         else:
             _record(dvc_file, version)
-        with _open_repo(root) as r:
-            pull_from = remote or version.remote or _default_remote(r)
+        with open_repo(root) as r:
+            pull_from = remote or version.remote or default_remote(r)
             target = root / version.path if in_lock else dvc_file
             r.pull(targets=[str(target)], remote=pull_from)
 
-    _serialized(root, f"pull {version.path}", pull)
+    serialized(root, f"pull {version.path}", pull)
     got = current_version(version.path, repo=root)
     if got is None or got.md5 != version.md5:  # pragma: no cover - DVC checks hashes itself
         raise DataError(f"{version.path}: pulled content does not match {version.md5}")
@@ -353,114 +306,15 @@ def pull_all(*, repo: str | os.PathLike = ".", remote: str | None = None) -> int
     root = Path(repo).resolve()
 
     def pull() -> int:
-        with _open_repo(root) as r:
-            result = r.pull(remote=remote or _default_remote(r))
+        with open_repo(root) as r:
+            result = r.pull(remote=remote or default_remote(r))
         stats = result.get("stats", {}) if isinstance(result, dict) else {}
         return int(stats.get("fetched", 0))
 
-    return _serialized(root, "pull --all", pull)
-
-
-def current_version(path: str | os.PathLike, repo: str | os.PathLike = ".") -> DataVersion | None:
-    """The version the workspace records for `path`: its `<path>.dvc` file, or the dvc.lock
-    entry of the pipeline stage that outputs it. None if the path is not tracked."""
-    root, target = _resolve(repo, path)
-    dvc_file = target.with_name(target.name + ".dvc")
-    if not dvc_file.is_file():
-        return _lock_version(root, target)
-    try:
-        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
-        out = outs[0]
-        return DataVersion(
-            path=target.relative_to(root).as_posix(),
-            md5=str(out["md5"]),
-            nfiles=out.get("nfiles"),
-            size=out.get("size"),
-            remote=out.get("remote"),
-            dvc_file=dvc_file.relative_to(root).as_posix(),
-        )
-    except (yaml.YAMLError, AttributeError, IndexError, KeyError, TypeError) as e:
-        raise DataError(f"{dvc_file}: not a valid .dvc file ({e})") from None
-
-
-def recorded_version(path: str | os.PathLike) -> DataVersion | None:
-    """`current_version` of `path` in the DVC repository above it; None outside one."""
-    target = Path(path).resolve()
-    root = next((p for p in target.parents if (p / ".dvc").is_dir()), None)
-    return None if root is None else current_version(target, repo=root)
-
-
-def configure_s3_remote(
-    name: str = S3_REMOTE,
-    url: str | None = None,
-    endpoint: str | None = None,
-    repo: str | os.PathLike = ".",
-    *,
-    default: bool = False,
-) -> dict[str, str]:
-    """Point DVC remote `name` at an S3 bucket/prefix for this machine (`.dvc/config.local`).
-
-    Args:
-        name: remote name (default "s3", the one `.dvc/config` declares).
-        url: `s3://bucket/prefix`; default P2P_DVC_REMOTE_URL.
-        endpoint: S3 endpoint for MinIO/moto; default AWS_ENDPOINT_URL (unset = AWS).
-        repo: the DVC repository root.
-        default: also make it the default remote (on this machine).
-
-    Returns:
-        The remote section written (url, endpointurl): never credentials.
-    """
-    from p2p.data.storage import split_s3_url
-
-    url = url or os.environ.get("P2P_DVC_REMOTE_URL")
-    if not url:
-        raise P2PError("no S3 remote URL: pass s3://bucket/prefix or set P2P_DVC_REMOTE_URL")
-    split_s3_url(url)  # validates the form
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or None
-    section = {"url": url, **({"endpointurl": endpoint} if endpoint else {})}
-    root = Path(repo).resolve()
-
-    def write() -> None:
-        from dvc.config import Config
-
-        config = Config(dvc_dir=str(root / ".dvc"))
-        with config.edit("local") as conf:
-            conf.setdefault("remote", {})[name] = dict(section)
-            if default:
-                conf.setdefault("core", {})["remote"] = name
-
-    _serialized(root, f"configure remote {name}", write)
-    log.info("DVC remote %s -> %s (endpoint %s), in .dvc/config.local", name, url, endpoint)
-    return section
-
-
-def list_remotes(repo: str | os.PathLike = ".") -> list[tuple[str, str, str | None, bool]]:
-    """(name, url, endpoint, is_default) of each DVC remote as p2p uses them (env applied)."""
-    from dvc.config import Config
-
-    root = Path(repo).resolve()
-    if not (root / ".dvc").is_dir():
-        raise P2PError(f"{root}: not a DVC repository (no .dvc/); run `dvc init`")
-    conf = Config(dvc_dir=str(root / ".dvc"), config=env_config() or None)
-    default = default_remote_name(conf)
-    return [
-        (name, str(sec.get("url")), sec.get("endpointurl"), name == default)
-        for name, sec in sorted(conf["remote"].items())
-    ]
+    return serialized(root, "pull --all", pull)
 
 
 # ----------------------------------------------------------------------------- internals
-
-
-def _resolve(repo: str | os.PathLike, path: str | os.PathLike) -> tuple[Path, Path]:
-    root = Path(repo).resolve()
-    target = Path(path)
-    target = (target if target.is_absolute() else root / target).resolve()
-    if not (root / ".dvc").is_dir():
-        raise P2PError(f"{root}: not a DVC repository (no .dvc/); run `dvc init`")
-    if not target.is_relative_to(root) or target == root:
-        raise DataError(f"{target}: must be inside the repository {root}")
-    return root, target
 
 
 def _version_of(root: Path, out: Any, dvc_file: Path, remote: str | None) -> DataVersion:
@@ -475,74 +329,12 @@ def _version_of(root: Path, out: Any, dvc_file: Path, remote: str | None) -> Dat
     )
 
 
-def _lock_version(root: Path, target: Path) -> DataVersion | None:
-    lock = root / "dvc.lock"
-    if not lock.is_file():
-        return None
-    rel = target.relative_to(root).as_posix()
-    try:
-        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
-        for stage in stages.values():
-            for out in stage.get("outs") or []:
-                if str(out.get("path", "")).rstrip("/") == rel and out.get("md5"):
-                    return DataVersion(
-                        path=rel,
-                        md5=str(out["md5"]),
-                        nfiles=out.get("nfiles"),
-                        size=out.get("size"),
-                        remote=None,
-                        dvc_file="dvc.lock",
-                    )
-    except (yaml.YAMLError, AttributeError, TypeError) as e:
-        raise DataError(f"{lock}: not a valid dvc.lock ({e})") from None
-    return None
-
-
 def _pipeline_stage(r: Any, target: Path) -> Any:
     """The dvc.yaml stage that outputs `target`, if any."""
     for stage in r.index.stages:
         if getattr(stage, "cmd", None) and any(Path(o.fs_path) == target for o in stage.outs):
             return stage
     return None
-
-
-def env_config(url: str | None = None, endpoint: str | None = None) -> dict[str, Any]:
-    """In-memory DVC config for the `s3` remote: `url` (default P2P_DVC_REMOTE_URL) and
-    `endpoint` (default AWS_ENDPOINT_URL); {} without a URL."""
-    url = url or os.environ.get("P2P_DVC_REMOTE_URL")
-    if not url:
-        return {}
-    remote: dict[str, str] = {"url": url}
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        remote["endpointurl"] = endpoint
-    return {"remote": {S3_REMOTE: remote}}
-
-
-def default_remote_name(config: Any, url: str | None = None) -> str | None:
-    """The remote pushes and pulls use: `s3` when an S3 URL is set (`url`, default
-    P2P_DVC_REMOTE_URL), else the config's `core.remote`; None if neither."""
-    if url or os.environ.get("P2P_DVC_REMOTE_URL"):
-        return S3_REMOTE
-    return config["core"].get("remote") or None
-
-
-@contextlib.contextmanager
-def _open_repo(root: Path) -> Iterator[Any]:
-    from dvc.repo import Repo
-
-    with Repo(str(root), config=env_config() or None) as r:
-        yield r
-
-
-def _default_remote(r: Any) -> str:
-    name = default_remote_name(r.config)
-    if not name:
-        raise P2PError(
-            f"{r.root_dir}: no DVC remote configured; add one (`dvc remote add -d NAME URL`) "
-            "or set P2P_DVC_REMOTE_URL"
-        )
-    return name
 
 
 def _record(dvc_file: Path, version: DataVersion) -> None:
@@ -564,46 +356,3 @@ def _record(dvc_file: Path, version: DataVersion) -> None:
     doc["outs"] = [out]
     write_text_atomic(dvc_file, yaml.safe_dump(doc, sort_keys=False))
     log.info("%s now records %s", dvc_file, version.md5)
-
-
-# One DVC operation at a time in this process: DVC resolves some targets against the current
-# directory, so operations run with cwd = the repo root, and the cwd is process-wide.
-_process_lock = threading.Lock()
-
-
-def _serialized(root: Path, what: str, fn: Callable[[], T]) -> T:
-    """Run one DVC operation at a time (threads and processes), in the repo root, retrying
-    DVC's own lock."""
-    from dvc.exceptions import DvcException
-    from dvc.lock import LockError
-    from filelock import FileLock, Timeout
-
-    lock_dir = root / ".dvc" / "tmp"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    if not _process_lock.acquire(timeout=LOCK_TIMEOUT_S):
-        raise P2PError(f"{what}: another DVC call in this process held {root} too long")
-    try:
-        with FileLock(str(lock_dir / "p2p-versioning.lock"), timeout=LOCK_TIMEOUT_S):
-            deadline = time.monotonic() + DVC_LOCK_RETRY_S
-            delay = 0.5
-            while True:
-                try:
-                    with contextlib.chdir(root):
-                        return fn()
-                except LockError:
-                    if time.monotonic() > deadline:
-                        raise P2PError(
-                            f"{what}: the DVC repository {root} stayed locked for "
-                            f"{DVC_LOCK_RETRY_S:.0f}s (another dvc command is running)"
-                        ) from None
-                    log.info(
-                        "%s: DVC repo is locked by another command; retry in %.1fs", what, delay
-                    )
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 8.0)
-                except DvcException as e:
-                    raise P2PError(f"{what}: {e}") from e
-    except Timeout:
-        raise P2PError(f"{what}: waited {LOCK_TIMEOUT_S:.0f}s for another p2p DVC call") from None
-    finally:
-        _process_lock.release()

@@ -14,6 +14,7 @@ caught.
 from __future__ import annotations
 
 import hashlib
+import logging
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -27,20 +28,29 @@ TAG_SHA, TAG_COUNT, TAG_SHARDS = (
     "lineage.train_keys_count",
     "lineage.train_shards",
 )
+log = logging.getLogger(__name__)
 EXAMPLES = 5  # overlapping keys quoted in a decision
 
 
 def split_keys(shards: str, split: str) -> list[str]:
-    """The sample keys of one split of a shard set (sorted), from the member names of the
-    split's tars (`{key}.json`), streamed (the image bytes are skipped, not kept).
+    """The sample keys of one split of a shard set (sorted): from the split's key file
+    (`keys-{split}.txt`, written by the shard stage beside index.json); for shard sets written
+    before key files, from the member names of the split's tars (`{key}.json`), streamed.
 
     Raises:
-        DataError / StorageError: no index, no such split, unreadable shard.
+        DataError / StorageError: no index, no such split, unreadable key file or shard.
     """
     from p2p.data import storage
-    from p2p.data.shards import read_index, shard_urls
+    from p2p.data.shard_index import KEYS, read_index, read_keys, shard_urls
 
     index = read_index(shards)
+    listed = read_keys(shards, split, index)
+    if listed is not None:
+        return listed
+    log.info(
+        "%s: no %s matching index.json (sharded before key files): reading the keys from "
+        "the %s shards", shards, KEYS.format(split=split), split,
+    )  # fmt: skip
     keys: set[str] = set()
     for url in shard_urls(shards, split, index):
         with storage.open_url(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:

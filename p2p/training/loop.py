@@ -47,7 +47,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -67,6 +67,9 @@ from p2p.training.validation import validate
 # make_optimizers is also the benchmarks'; configure_backends lives in p2p.training.runtime
 __all__ = ["configure_backends", "make_optimizers", "train_loop_per_worker"]
 
+if TYPE_CHECKING:
+    from p2p.data.shard_index import ShardIndex
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     """Train G and D on this worker's share of the data; report checkpoints to Ray.
@@ -82,6 +85,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     import ray.train.torch
 
     from p2p.data.dataset import make_loader
+    from p2p.data.shard_index import read_index
     from p2p.losses import GANLoss
     from p2p.models import build_discriminator, build_generator
     from p2p.training.distributed import describe_placement, gather_placement, write_placement
@@ -142,7 +146,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     fault_step = int(config.get("fault_step") or 0) if checkpoint is None else 0
 
     logger = RunLogger(config.get("mlflow_run_id"), config.get("tracking_uri"), enabled=rank == 0)
-    steps_per_epoch = t.steps_per_epoch or _steps_per_epoch(cfg, "train", t.batch_size)
+    index = read_index(cfg.data.shards)  # once: every epoch's train and val loaders use it
+    steps_per_epoch = t.steps_per_epoch or _steps_per_epoch(index, t.batch_size)
     total_steps = steps_per_epoch * epochs
     if rank == 0 and state.epoch >= epochs:
         _say(f"p2p train: all {epochs} epochs already done (step {state.step})")
@@ -174,6 +179,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
             seed=t.seed,
             epoch=epoch,
             num_batches=t.steps_per_epoch or None,
+            index=index,
         )
         sums = torch.zeros(3, dtype=torch.float64)  # loss_d, loss_g_gan, loss_g_l1 since last log
         n_sum, t_log, t_epoch = 0, time.perf_counter(), time.perf_counter()
@@ -221,8 +227,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         average_bn_buffers(d)
 
         val = validate(
-            cfg, g, rank, world, per_worker_batch, to_device, amp_dtype, logger, state.epoch
-        )
+            cfg, g, rank, world, per_worker_batch, to_device, amp_dtype, logger, state.epoch,
+            index=index,
+        )  # fmt: skip
         last = state.log[-1] if state.log else {}
         metrics = {
             "step": state.step,
@@ -283,11 +290,9 @@ def make_optimizers(
 # ----------------------------------------------------------------------------- helpers
 
 
-def _steps_per_epoch(cfg: ExperimentConfig, split: str, global_batch: int) -> int:
+def _steps_per_epoch(index: ShardIndex, global_batch: int) -> int:
     """Train samples // global batch, from the shard index (make_loader's default)."""
-    from p2p.data.shards import read_index
-
-    n = read_index(cfg.data.shards).samples(split)
+    n = index.samples("train")
     return max(n // global_batch, 1) if n else 1
 
 

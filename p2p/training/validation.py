@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from p2p.config import ExperimentConfig
 from p2p.training.collectives import all_sum
 from p2p.training.tracking import RunLogger, sample_grid
+
+if TYPE_CHECKING:
+    from p2p.data.shard_index import ShardIndex
 
 
 @torch.no_grad()
@@ -30,18 +34,19 @@ def validate(
     amp_dtype: torch.dtype | None,
     logger: RunLogger,
     epoch: int,
+    *,
+    index: ShardIndex,
 ) -> dict[str, float]:
     """{val_l1, val_psnr, val_ssim} over `train.val_batches` equal batches per rank, summed over
     ranks (a collective: every rank calls it); rank 0 logs the sample grid as
     samples/epoch_NNNN.png (NNNN = epochs finished). Empty dict when the shards have no val
-    split."""
+    split. `index` is the shard set's index, read once by the training loop."""
     from p2p.data.dataset import make_loader
-    from p2p.data.shards import read_index
     from p2p.evaluation.scoring import ScoreSums, score_batches
     from p2p.inference import inference_mode
     from p2p.training.state import unwrap
 
-    n_val = read_index(cfg.data.shards).samples("val")
+    n_val = index.samples("val")
     if cfg.train.val_batches <= 0 or n_val == 0:
         return {}
     # at most one pass over the split: a small val split is not counted twice
@@ -58,6 +63,7 @@ def validate(
         seed=cfg.train.seed,
         epoch=0,
         num_batches=num_batches,
+        index=index,
     )
     # The last ranks' final batches are padded with repeats of the first samples (equal batch
     # counts keep the collectives in step); those repeats are left out of the sums.

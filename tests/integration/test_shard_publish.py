@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from test_shards import DATA, make_raw
+from test_shards import DATA, KEY_FILES, make_raw
 
 from p2p.data import shards as shards_mod
 from p2p.data import storage
@@ -91,7 +91,7 @@ def test_sigkill_mid_reshard_keeps_the_old_set(tmp_path, s3_bucket, monkeypatch)
     assert list(tmpdir.iterdir()) == []
     assert read_index(url) == new and _check_set(url) == 29
     listed = {u.rsplit("/", 1)[-1] for u in storage.list_urls(url)}
-    assert listed == {s.name for s in new.all_shards()} | {"index.json"}
+    assert listed == {s.name for s in new.all_shards()} | {"index.json", *KEY_FILES}
 
 
 @pytest.mark.slow

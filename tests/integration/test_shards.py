@@ -21,6 +21,7 @@ from p2p.data.shards import read_index, shard_urls, write_shards
 from p2p.data.writer import DatasetWriter
 from p2p.errors import DataError
 
+KEY_FILES = ("keys-train.txt", "keys-val.txt", "keys-test.txt")  # beside index.json
 DATA = DataConfig(load_size=36, crop_size=32, shard_max_count=4, loader_workers=0)
 
 
@@ -51,7 +52,7 @@ def test_layout_and_index(raw, tmp_path):
     out = tmp_path / "shards"
     index = write_shards(raw, out, DATA)
     names = [s.name for s in index.all_shards()]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "index.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "index.json", *KEY_FILES])
     assert json.loads((out / "index.json").read_text()) == index.to_json()
     assert read_index(out) == index
     train = index.splits["train"]
@@ -202,7 +203,7 @@ def test_s3_output_matches_local_and_index_goes_last(raw, tmp_path, s3_bucket):
     for n in names:  # byte-identical to the local shard set
         assert storage.read_bytes(f"{url}/{n}") == (local / n).read_bytes()
     assert read_index(url) == index
-    assert any(f"uploaded {len(names) - 1} shard(s)" in line for line in lines)
+    assert any(f"uploaded {len(index.all_shards())} shard(s)" in line for line in lines)
 
     # same data again: nothing is re-uploaded
     lines.clear()
@@ -212,7 +213,7 @@ def test_s3_output_matches_local_and_index_goes_last(raw, tmp_path, s3_bucket):
     # new params: shards the new index does not name are deleted after the index swap
     index3 = write_shards(raw, url, DATA, max_count=3)
     listed = {u.rsplit("/", 1)[-1] for u in storage.list_urls(url)}
-    assert listed == {s.name for s in index3.all_shards()} | {"index.json"}
+    assert listed == {s.name for s in index3.all_shards()} | {"index.json", *KEY_FILES}
     assert read_index(url) == index3 != index
 
     with pytest.raises(storage.ObjectNotFound, match="no-such-bucket-p2p.*bucket does not exist"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from p2p.data.build import DENOISE_SIGMA, TASKS, noisy
+from p2p.data.build_tasks import DENOISE_SIGMA, TASKS, noisy
 from p2p.evaluation.baselines import CLASSICAL, gaussian_blur, pick_param
 from p2p.evaluation.metrics import psnr
 

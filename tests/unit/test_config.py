@@ -308,3 +308,14 @@ def test_resize_mode_needs_load_size_divisible_by_the_unet():
         load_config(None, [*base, "data.load_size=72"])
     assert load_config(None, [*base, "data.load_size=128"]).data.load_size == 128
     load_config(None, [*base[1:], "data.preprocess=resize_and_crop", "data.load_size=72"])
+
+
+def test_field_rules_live_in_config_rules_and_import_from_config():
+    """`p2p.config_rules` holds the field rules; `from p2p.config import ...` still works."""
+    import p2p.config as config
+    import p2p.config_rules as rules
+
+    for name in ("ConfigError", "Range", "num", "Names", "choice"):
+        assert getattr(config, name) is getattr(rules, name)
+    with pytest.raises(config.ConfigError, match=r"optim.lr: 0.0 is out of range; allowed: > 0"):
+        config.load_config(None, {"optim.lr": 0})

@@ -48,3 +48,19 @@ def test_pipeline_owned_paths():
         assert pipeline_owned(p, outs), p
     for p in (".gitignore", "p2p/losses.py", "params.yaml", "dvc.yaml", "data/raw/demo2/x"):
         assert not pipeline_owned(p, outs), p
+
+
+def test_reading_a_data_version_does_not_load_dvc():
+    """`p2p.data.data_version` (what shards, training tags and evaluation import) reads the
+    .dvc files and dvc.lock with YAML alone; `p2p.data.versioning` re-exports its names."""
+    import subprocess
+    import sys
+
+    import p2p.data.data_version as dv
+    import p2p.data.versioning as versioning
+
+    code = "import sys, p2p.data.data_version; print('dvc' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    for name in ("DataVersion", "current_version", "recorded_version", "short_version"):
+        assert getattr(versioning, name) is getattr(dv, name)

@@ -66,9 +66,34 @@ def test_training_validation_scores_as_evaluate(shards, batch):
     ev = _score_split(g.eval(), str(shards), "val", n_val, cfg, "eval", "cpu", Path("g.pt"))
     g.train()  # as the training loop leaves it
     before = {k: v.clone() for k, v in g.state_dict().items()}
-    val = validate(cfg, g, 0, 1, batch, lambda x: x, None, RunLogger(None, None), epoch=1)
+    index = read_index(str(shards))
+    val = validate(
+        cfg, g, 0, 1, batch, lambda x: x, None, RunLogger(None, None), epoch=1, index=index
+    )
     assert val == {f"val_{k}": v for k, v in ev.means.items()}
     assert g.training and all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+
+
+def test_validation_uses_the_index_it_is_given(shards, monkeypatch):
+    """The training loop reads index.json once and hands it to every epoch's validation: the
+    validation reads no index.json of its own."""
+    import p2p.data.dataset
+    import p2p.data.shard_index
+    import p2p.data.shards
+    from p2p.training.tracking import RunLogger
+    from p2p.training.validation import validate
+
+    cfg = load_config(None, {**SMALL, "data.shards": str(shards), "train.val_batches": 1})
+    index = p2p.data.shard_index.read_index(str(shards))
+
+    def no_reads(url):
+        raise AssertionError(f"index.json read again: {url}")
+
+    for mod in (p2p.data.dataset, p2p.data.shard_index, p2p.data.shards):
+        monkeypatch.setattr(mod, "read_index", no_reads)
+    g = _generator(cfg)
+    val = validate(cfg, g, 0, 1, 2, lambda x: x, None, RunLogger(None, None), 1, index=index)
+    assert set(val) == {"val_l1", "val_psnr", "val_ssim"}
 
 
 def test_score_batches_skips_padding_but_runs_it():
