@@ -78,8 +78,13 @@ class RayExecutor:
     pair would cost more than the pair's work). At most `max_in_flight` tasks are pending at a
     time (items are pulled lazily, results are yielded as soon as the oldest task is done), so
     memory stays bounded for any number of items. `fn` is put in the object store once per
-    `map` call, not pickled into every task. Tasks are spread over the nodes
-    (`scheduling_strategy="SPREAD"`). `nodes` counts the tasks that ran on each node id.
+    `map` call, not pickled into every task. `nodes` counts the tasks that ran on each node id.
+
+    Placement: tasks are dealt to the alive nodes that fit one, in proportion to their CPUs
+    (smooth weighted round-robin), each with a soft node affinity (a node that dies or cannot
+    run it hands the task to another). Ray's own SPREAD was not enough: the driver reuses a
+    worker it already leased for the next queued task, so short tasks all ran on the first
+    node while a worker was still starting on the second (seen on a 2-host cluster).
 
     `remote = True` tells callers that `fn` runs in other processes, possibly on machines that
     do not see this machine's files: they ship file bytes with the items.
@@ -102,8 +107,23 @@ class RayExecutor:
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        task = ray.remote(_apply).options(num_cpus=self.num_cpus, scheduling_strategy="SPREAD")
+        task = ray.remote(_apply)
+        nodes = _weighted_cycle(
+            {
+                n["NodeID"]: n["Resources"]["CPU"]
+                for n in ray.nodes()
+                if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) >= self.num_cpus
+            }
+        )
+
+        def submit(chunk: list[Any]) -> Any:
+            node_id = next(nodes, None)
+            strategy = NodeAffinitySchedulingStrategy(node_id, soft=True) if node_id else "SPREAD"
+            opts = task.options(num_cpus=self.num_cpus, scheduling_strategy=strategy)
+            return opts.remote(fn_ref, chunk)
+
         fn_ref = ray.put(fn)
         window: collections.deque = collections.deque()
 
@@ -114,7 +134,7 @@ class RayExecutor:
 
         try:
             for chunk in _chunks(items, self.chunk):
-                window.append(task.remote(fn_ref, chunk))
+                window.append(submit(chunk))
                 if len(window) >= self.max_in_flight:
                     yield from take()
             while window:
@@ -122,6 +142,21 @@ class RayExecutor:
         finally:
             for ref in window:  # the consumer stopped early (an error): drop what is left
                 ray.cancel(ref)
+
+
+def _weighted_cycle(weights: dict[str, float]) -> Iterator[str]:
+    """Keys forever, each as often as its weight, evenly interleaved (smooth weighted
+    round-robin: {a: 2, b: 1} gives a b a a b a ...); nothing if there are none."""
+    if not weights:
+        return
+    total = sum(weights.values())
+    current = dict.fromkeys(weights, 0.0)
+    while True:
+        for k, w in weights.items():
+            current[k] += w
+        best = max(sorted(current), key=current.__getitem__)  # sorted: ties broken by id
+        current[best] -= total
+        yield best
 
 
 def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:

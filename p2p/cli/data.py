@@ -100,15 +100,16 @@ def _address_arg(p: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def _executor(args: argparse.Namespace) -> Iterator[Any]:
-    """None (local threads) without --address, else Ray tasks on that cluster."""
+def _executor(args: argparse.Namespace, **options: Any) -> Iterator[Any]:
+    """None (local threads) without --address, else Ray tasks on that cluster (`options`:
+    RayExecutor's)."""
     if not args.address:
         yield None
         return
     from p2p.raycluster import RayExecutor, ray_session
 
     with ray_session(args.address):
-        ex = RayExecutor()
+        ex = RayExecutor(**options)
         yield ex
         where = ", ".join(f"{n[:8]} {k}" for n, k in sorted(ex.nodes.items()))
         print(

@@ -37,6 +37,12 @@ LAST (one atomic PUT), and only then are shards the new index no longer names de
 killed at any point leaves the old index and every shard it names in place; its temp folder
 is removed by the next run (temp folders of dead processes are cleaned at start).
 
+Distributed (`p2p data shard --address`, `write_shards(executor=...)`): each bucket is one
+Ray task. The driver reads the bucket's files (workers need not see them) and ships the bytes;
+the task encodes, builds the bucket's tars with the same writer and sends them back (not those
+the old S3 index already holds); the driver writes them to its workdir and publishes them as
+above, in bucket order. Output, index.json and every guarantee above are the same as a local run.
+
 Modules: `shard_index` (the typed index, validation), `shard_tar` (the deterministic tar
 writer), `shard_publish` (local swap, S3 uploads, stale temp cleanup); this module assigns
 pairs to buckets, encodes them and runs the whole write. Their public names are re-exported here.
@@ -99,6 +105,8 @@ JPEG_QUALITY = 95  # data.image_format = "jpg": fixed settings, 4:4:4 chroma
 ASSIGN_SEED = "p2p-shards-assign-v2"  # fixed: the assignment is part of the format
 FILL = 0.75  # average bucket fill aimed at, as a fraction of the shard limits
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# `p2p data shard --address`: bytes of buckets in flight at most (inputs shipped out, tars back)
+REMOTE_BUFFER = 4 * 2**30
 
 
 def write_shards(
@@ -109,6 +117,7 @@ def write_shards(
     max_count: int | None = None,
     max_size: int | None = None,
     progress: Callable[[str], None] | None = None,
+    executor: Any | None = None,
 ) -> ShardIndex:
     """Shard a canonical raw dataset into `out` (a directory or s3://bucket/prefix).
 
@@ -120,6 +129,11 @@ def write_shards(
         max_size: bytes per shard at most (default data.shard_max_size); a single sample
             larger than this gets a shard of its own.
         progress: called with one human-readable line per written shard (CLI output).
+        executor: where each bucket's tars are built instead of this process, e.g. a
+            `p2p.raycluster.RayExecutor` (one bucket per item: `chunk=1`). The pairs' bytes are
+            read here and shipped with the tasks; the tars come back and are published here,
+            so the output is byte-identical to a local run. Shards the old S3 index already
+            holds are not sent back.
 
     Returns:
         The index (also written as `out/index.json`).
@@ -152,7 +166,10 @@ def write_shards(
     workdir = _local_workdir(out_s)
     sink: _Sink = _S3Sink(out_s, old, say) if s3 else _Sink()
     try:
-        splits, skipped = _write_tars(manifest, workdir, data, max_count, max_size, say, sink)
+        known = {s.name: s.sha256 for s in old.all_shards()} if old else {}
+        splits, skipped = _write_tars(
+            manifest, workdir, data, (max_count, max_size), say, sink, executor, known
+        )
         index = _make_index(manifest, Path(raw_dir), data, max_count, max_size, splits, skipped)
         (workdir / INDEX).write_bytes(_index_bytes(index))
         write_keys(workdir, out_s, manifest, index)  # keys-{split}.txt (uploaded before index)
@@ -179,34 +196,37 @@ def _write_tars(
     manifest: Any,
     workdir: Path,
     data: DataConfig,
-    max_count: int,
-    max_size: int,
+    limits: tuple[int, int],
     say: Callable[[str], None],
     sink: _Sink,
+    executor: Any | None = None,
+    known: dict[str, str] | None = None,
 ) -> tuple[dict[str, SplitInfo], list[dict[str, str]]]:
-    """Read + pack every pair and write the tars of each split into workdir (then the sink)."""
-    from p2p.data.reports import InvalidDataset, Problem
+    """Read + pack every pair and write the tars of each bucket into workdir (then the sink):
+    here, or on the executor (see `write_shards`). Shards, problems and skipped files come out
+    in the same order either way: splits, then buckets, then pairs."""
+    from p2p.data.reports import InvalidDataset
 
-    problems: list[Problem] = []
-    splits: dict[str, SplitInfo] = {}
-    # png output copies bytes: reading in this thread was faster than a pool (measured);
-    # jpg output decodes and re-encodes, which threads overlap
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        mapper = map if data.image_format == "png" else pool.map
-        for split in SPLITS:
-            shards: list[ShardInfo] = []
-            for bucket, pairs in _buckets(manifest.pairs(split), split, max_count, max_size):
-                writer = _ShardWriter(workdir, split, bucket, max_count, max_size, say, sink)
-                for batch in _chunks(pairs, 32):  # read (in parallel for jpg), write in order
-                    for result in mapper(lambda p: _encode_pair(p, manifest, data), batch):
-                        if isinstance(result, Problem):
-                            problems.append(result)
-                        elif not problems or data.on_error == "skip":
-                            writer.add(result)
-                shards += writer.close()
-            splits[split] = SplitInfo(
-                sum(s.samples for s in shards), sum(s.bytes for s in shards), tuple(shards)
-            )
+    problems: list[Any] = []
+    shards: dict[str, list[ShardInfo]] = {split: [] for split in SPLITS}
+    max_count, max_size = limits
+    jobs = (
+        (split, bucket, pairs)
+        for split in SPLITS
+        for bucket, pairs in _buckets(manifest.pairs(split), split, max_count, max_size)
+    )
+    if executor is None:
+        done = _local_buckets(jobs, manifest, workdir, data, limits, say, sink, problems)
+    else:
+        done = _remote_buckets(
+            jobs, manifest, workdir, data, limits, say, sink, problems, executor, known
+        )
+    for split, bucket_shards in done:
+        shards[split] += bucket_shards
+    splits = {
+        split: SplitInfo(sum(s.samples for s in ss), sum(s.bytes for s in ss), tuple(ss))
+        for split, ss in shards.items()
+    }
     if problems and data.on_error == "fail":
         raise InvalidDataset(str(manifest.root), problems, "no shards written")
     if not splits["train"].samples:
@@ -214,6 +234,116 @@ def _write_tars(
     # paths relative to the dataset, so index.json does not depend on where it lives
     skipped = [{"file": _relative(p.file, manifest.root), "reason": p.reason} for p in problems]
     return splits, skipped
+
+
+def _local_buckets(
+    jobs: Iterator[tuple[str, int, list[Any]]],
+    manifest: Any,
+    workdir: Path,
+    data: DataConfig,
+    limits: tuple[int, int],
+    say: Callable[[str], None],
+    sink: _Sink,
+    problems: list[Any],
+) -> Iterator[tuple[str, list[ShardInfo]]]:
+    """(split, shards) per bucket, written by this process; problems are appended in order."""
+    from p2p.data.reports import Problem
+
+    # png output copies bytes: reading in this thread was faster than a pool (measured);
+    # jpg output decodes and re-encodes, which threads overlap
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        mapper = map if data.image_format == "png" else pool.map
+        for split, bucket, pairs in jobs:
+            writer = _ShardWriter(workdir, split, bucket, *limits, say, sink)
+            for batch in _chunks(pairs, 32):  # read (in parallel for jpg), write in order
+                for result in mapper(lambda p: _encode_pair(p, manifest, data), batch):
+                    if isinstance(result, Problem):
+                        problems.append(result)
+                    elif not problems or data.on_error == "skip":
+                        writer.add(result)  # "fail": nothing is added after the first problem
+            yield split, writer.close()
+
+
+def _remote_buckets(
+    jobs: Iterator[tuple[str, int, list[Any]]],
+    manifest: Any,
+    workdir: Path,
+    data: DataConfig,
+    limits: tuple[int, int],
+    say: Callable[[str], None],
+    sink: _Sink,
+    problems: list[Any],
+    executor: Any,
+    known: dict[str, str] | None,
+) -> Iterator[tuple[str, list[ShardInfo]]]:
+    """(split, shards) per bucket, built by executor tasks: this process reads each bucket's
+    files (the workers may not see them), the task packs and tars them and sends back the tar
+    bytes, which are written to workdir and handed to the sink here, in bucket order."""
+    where = (manifest.name, manifest.root, data, limits, dict(known or {}))
+
+    def items() -> Iterator[tuple[str, int, list[tuple[Any, Any]]]]:
+        for split, bucket, pairs in jobs:  # pulled lazily: a few buckets in memory at a time
+            yield split, bucket, [(p, _read_pair(p, data)) for p in pairs]
+
+    for split, bucket_problems, tars, lines in executor.map(
+        lambda item: _pack_bucket(item, where), items()
+    ):
+        problems += bucket_problems
+        keep = not problems or data.on_error == "skip"  # "fail": publish nothing more
+        for line in lines:
+            say(line)
+        shards = []
+        for shard, blob in tars:
+            shards.append(shard)
+            if keep:
+                path = workdir / shard.name
+                if blob is not None:  # None: the old index holds it (the sink keeps it)
+                    path.write_bytes(blob)
+                sink.add(path, shard)
+        yield split, shards
+
+
+def _pack_bucket(
+    item: tuple[str, int, list[tuple[Any, Any]]],
+    where: tuple[str, Path, DataConfig, tuple[int, int], dict[str, str]],
+) -> tuple[str, list[Any], list[tuple[ShardInfo, bytes | None]], list[str]]:
+    """The body of one remote task: pack one bucket's pairs (bytes included) into its tars.
+    Returns (split, problems, [(shard, tar bytes or None if `known` holds it)], progress)."""
+    import tempfile
+
+    from p2p.data.reports import Problem
+
+    name, root, data, limits, known = where
+    split, bucket, pairs = item
+    problems: list[Any] = []
+    lines: list[str] = []
+    collect = _CollectSink()
+    with tempfile.TemporaryDirectory(prefix="p2p-shard-task-") as tmp:
+        writer = _ShardWriter(Path(tmp), split, bucket, *limits, lines.append, collect)
+        for pair, blobs in pairs:
+            result = (
+                blobs if isinstance(blobs, Problem) else _pack_pair(pair, blobs, name, root, data)
+            )
+            if isinstance(result, Problem):
+                problems.append(result)
+            elif not problems or data.on_error == "skip":
+                writer.add(result)
+        writer.close()
+        tars = [
+            (shard, None if known.get(shard.name) == shard.sha256 else path.read_bytes())
+            for path, shard in collect.shards
+        ]
+    return split, problems, tars, lines
+
+
+class _CollectSink(_Sink):
+    """A remote task's sink: the finished tars stay in its temp dir until they are sent back."""
+
+    def __init__(self) -> None:
+        self.shards: list[tuple[Path, ShardInfo]] = []
+
+    def add(self, path: Path, shard: ShardInfo) -> None:
+        self.shards.append((path, shard))
 
 
 def _assign_hash(split: str, key: str) -> bytes:
@@ -248,7 +378,16 @@ def _relative(path: str, root: Path) -> str:
 def _encode_pair(pair: Any, manifest: Any, data: DataConfig) -> _Sample | Any:
     """Read and pack one pair (the manifest's hashes and sizes are trusted: import validated
     them); a reports.Problem if a file cannot be read."""
-    from p2p.data.manifest import side_channels
+    from p2p.data.reports import Problem
+
+    blobs = _read_pair(pair, data)
+    if isinstance(blobs, Problem):
+        return blobs
+    return _pack_pair(pair, blobs, manifest.name, manifest.root, data)
+
+
+def _read_pair(pair: Any, data: DataConfig) -> tuple[bytes, bytes] | Any:
+    """The bytes of A and B, or a reports.Problem (sizes differ, too big, unreadable)."""
     from p2p.data.reports import Problem
 
     if tuple(pair.a_size) != tuple(pair.b_size):
@@ -265,6 +404,17 @@ def _encode_pair(pair: Any, manifest: Any, data: DataConfig) -> _Sample | Any:
             blobs.append(path.read_bytes())
         except OSError as e:
             return Problem(str(path), f"cannot read file ({e.strerror or e})")
+    return blobs[0], blobs[1]
+
+
+def _pack_pair(
+    pair: Any, blobs: tuple[bytes, bytes], name: str, root: Path, data: DataConfig
+) -> _Sample | Any:
+    """One sample from a pair's bytes (no file access: runs in remote tasks too), or a
+    reports.Problem if an image cannot be re-encoded."""
+    from p2p.data.manifest import side_channels
+    from p2p.data.reports import Problem
+
     a_blob, b_blob = blobs
     a_nc, b_nc = side_channels(data)
     if data.direction == "AtoB":
@@ -275,10 +425,10 @@ def _encode_pair(pair: Any, manifest: Any, data: DataConfig) -> _Sample | Any:
     meta = {
         "key": pair.key,
         "split": pair.split,
-        "dataset": manifest.name,
+        "dataset": name,
         "direction": data.direction,
-        "a": pair.a.relative_to(manifest.root).as_posix(),
-        "b": pair.b.relative_to(manifest.root).as_posix(),
+        "a": pair.a.relative_to(root).as_posix(),
+        "b": pair.b.relative_to(root).as_posix(),
         "a_sha256": pair.a_sha256,
         "b_sha256": pair.b_sha256,
         "size": list(pair.a_size),

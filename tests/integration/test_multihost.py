@@ -1,4 +1,5 @@
-"""`p2p train` on a real multi-host Ray cluster: two hosts as network namespaces (netns_cluster).
+"""`p2p train`, `p2p data import|shard` and `p2p predict` on a real multi-host Ray cluster: two
+hosts as network namespaces (netns_cluster).
 
 Host 0 (10.77.0.1) runs the Ray head and the driver (`p2p train --address 10.77.0.1:6379`, run
 with `ip netns exec`); host 1 (10.77.0.2) a Ray worker node; each advertises one CPU, so the two
@@ -8,6 +9,10 @@ with token authentication. Nobody sets GLOO_SOCKET_IFNAME: the host name resolve
 in every namespace, so gloo's full mesh connects only because p2p picks each worker's interface
 (p2p.training.distributed).
 
+0. data and batch prediction (first, on the fresh cluster): `p2p data import` and `p2p data
+   shard` (to S3) with `--address`: tasks on both hosts, output bytes equal to a local run;
+   `p2p predict --address` from s3:// to s3://: one actor per host (the summary's node IPs),
+   outputs equal to single-process predict.
 1. driver mode: 2 epochs; each checkpoint's workers.json shows two ranks on two node IPs with
    node ranks 0 and 1 and the namespace interface chosen; shards and checkpoints on S3; one
    MLflow run with metrics from every step.
@@ -252,6 +257,123 @@ def _log_steps(project: Path) -> tuple[list[int], set[int]]:
     with open(project / "models" / "train_log.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("loss_d")]
     return [int(r["step"]) for r in rows], {int(r["epoch"]) for r in rows}
+
+
+def _on_head(mh, project: Path, argv: list[str], timeout: int = 600) -> str:
+    """`p2p ARGV` run as a driver on host 0 (its namespace); stdout + stderr. Exit 0 asserted."""
+    proc = subprocess.run(
+        mh.in_host(mh.head, [str(BIN / "p2p"), *argv]),
+        cwd=project,
+        env=mh.node_env(mh.base_env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{out[-6000:]}\n{mh.log_tail()}"
+    return out
+
+
+def _ray_nodes(out: str) -> set[str]:
+    """The node ids (8-char prefixes) of the `ray: N tasks on M node(s): ID K, ...` line."""
+    m = re.search(r"ray: \d+ tasks on (\d+) node\(s\): (.*)", out)
+    assert m, out[-4000:]
+    ids = {part.split()[0] for part in m.group(2).split(", ")}
+    assert len(ids) == int(m.group(1))
+    return ids
+
+
+def _s3_objects(mh, prefix: str) -> dict[str, bytes]:
+    """name below `prefix` -> bytes, for every object there."""
+    got = _s3(mh).list_objects_v2(Bucket=mh.bucket, Prefix=prefix + "/").get("Contents", [])
+    return {
+        o["Key"][len(prefix) + 1 :]: _s3(mh)
+        .get_object(Bucket=mh.bucket, Key=o["Key"])["Body"]
+        .read()
+        for o in got
+    }
+
+
+def test_data_import_and_shard_across_two_hosts(mh):
+    """`p2p data import|shard --address head:6379` on host 0: the per-pair and per-bucket tasks
+    ran on both hosts' nodes; the dataset and the S3 shard set equal a local run's bytes."""
+    from data_fixtures import make_aligned, tree_hashes
+
+    from p2p.cli import main
+
+    project = _project(mh, "data")
+    src = project / "src"
+    make_aligned(src, {"train": 30, "val": 3, "test": 3}, size=32)
+    params = ["--params", str(project / "params.yaml")]
+    imp = ["data", "import", "--format", "aligned", "--src", str(src), *params]
+
+    # local reference runs, in this process, without Ray
+    assert main([*imp, "--out", str(project / "local" / "raw")]) == 0
+    shard = ["data", "shard", "--max-count", "4", *params]
+    local_shards = project / "local" / "shards"
+    assert main([*shard, "--src", str(project / "local" / "raw"), "--out", str(local_shards)]) == 0
+
+    # the same on the cluster, the driver on host 0
+    raw = project / "ray" / "raw"
+    out = _on_head(mh, project, [*imp, "--out", str(raw), "--address", mh.ray_address])
+    assert len(_ray_nodes(out)) == 2, out  # pairs decoded on both hosts
+    assert tree_hashes(raw) == tree_hashes(project / "local" / "raw")
+
+    url = f"s3://{mh.bucket}/mh-data/shards"
+    out = _on_head(
+        mh, project, [*shard, "--src", str(raw), "--out", url, "--address", mh.ray_address]
+    )
+    assert len(_ray_nodes(out)) == 2, out  # buckets packed on both hosts
+    local = {p.name: p.read_bytes() for p in local_shards.iterdir()}
+    assert len(local) > 2 and _s3_objects(mh, "mh-data/shards") == local  # index.json, tars
+
+
+def test_batch_predict_across_two_hosts(mh, tmp_path):
+    """`p2p predict --address head:6379` over s3:// in and out: one actor per host (the summary
+    names both hosts' IPs) and outputs equal to single-process `p2p predict`."""
+    import io
+
+    import numpy as np
+    import torch
+    from data_fixtures import TINY, noise, save
+    from PIL import Image
+
+    from p2p.checkpoints import save_generator
+    from p2p.cli import main
+    from p2p.config import load_config
+    from p2p.models import build_generator
+
+    cfg = load_config(None, {**TINY, "model.base_channels": 4})
+    torch.manual_seed(0)
+    g = build_generator(cfg.model, cfg.data.input_nc, cfg.data.output_nc).eval()
+    (mh.workdir / "predict").mkdir()
+    ckpt = save_generator(mh.workdir / "predict" / "generator.pt", g, cfg)
+    names = ["a.png", "b.png", "sub/c.png", "sub/d.png"]
+    for i, rel in enumerate(names):
+        save(tmp_path / "in" / rel, noise(64, 64, seed=i))
+        _s3(mh).put_object(
+            Bucket=mh.bucket, Key=f"pred/in/{rel}", Body=(tmp_path / "in" / rel).read_bytes()
+        )
+
+    project = _project(mh, "predict-project")
+    argv = ["predict", "--checkpoint", str(ckpt), "--input", f"s3://{mh.bucket}/pred/in/"]
+    argv += ["--output", f"s3://{mh.bucket}/pred/out/", "--address", mh.ray_address]
+    _on_head(mh, project, [*argv, "--actors", "2", "--batch-size", "1"])
+
+    summary = json.loads(_s3_objects(mh, "pred/out")["_summary.json"])
+    assert summary["counts"] == {"total": 4, "written": 4, "skipped": 0, "failed": 0}
+    assert {n["ip"] for n in summary["nodes"]} == {h.ip for h in mh.hosts}, summary["nodes"]
+    assert len({n["node_id"] for n in summary["nodes"]}) == 2
+    outputs = _s3_objects(mh, "pred/out")
+    for rel in names:  # single-process predict, here, without Ray
+        ref = tmp_path / "ref" / rel
+        assert main(["predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "in" / rel),
+                     "--output", str(ref), "--device", "cpu"]) == 0  # fmt: skip
+        a, b = (
+            np.asarray(Image.open(io.BytesIO(x)).convert("RGB"), dtype=np.int16)
+            for x in (outputs[rel], ref.read_bytes())
+        )
+        assert np.abs(a - b).max() <= 1, rel
 
 
 def test_driver_mode_trains_across_two_hosts(mh, shards):

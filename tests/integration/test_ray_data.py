@@ -1,4 +1,4 @@
-"""`p2p data import|build --address`: the per-pair work as Ray tasks on a real 2-node local
+"""`p2p data import|build|shard --address`: the per-pair work as Ray tasks on a real 2-node local
 cluster; the output is byte-identical to the local (thread pool) run, and the tasks ran on both
 nodes. Without --address no Ray is started."""
 
@@ -98,3 +98,82 @@ def test_build_on_ray_executor_is_byte_identical(connected, tmp_path):
     build_pairs(photos, tmp_path / "ray" / "ds", build=build, data=data, executor=ex)
     assert tree_hashes(tmp_path / "ray" / "ds") == tree_hashes(tmp_path / "local" / "ds")
     assert len(ex.nodes) == 2  # tiles were cut on both nodes
+
+
+def _raw(root: Path) -> Path:
+    """A canonical dataset (36 pairs) imported locally."""
+    from p2p.config import DataConfig
+    from p2p.data.importer import import_pairs
+
+    make_aligned(root / "src", {"train": 30, "val": 3, "test": 3}, size=32)
+    data = DataConfig(crop_size=32, load_size=32)
+    import_pairs(root / "src", root / "raw", fmt="aligned", data=data, workers=1)
+    return root / "raw"
+
+
+def test_shard_cli_on_ray_is_byte_identical_to_local(cluster, tmp_path, capsys):
+    import ray
+
+    from p2p.cli import main
+
+    raw = _raw(tmp_path)
+    cmd = ["data", "shard", "--src", str(raw), "--max-count", "4"]
+
+    assert main([*cmd, "--out", str(tmp_path / "local")]) == 0
+    assert not ray.is_initialized()  # no --address: this process only, no Ray
+    assert "ray:" not in capsys.readouterr().err
+
+    out = tmp_path / "ray"
+    assert main([*cmd, "--out", str(out), "--address", cluster.address]) == 0
+    err = capsys.readouterr().err
+    assert _nodes_line(err) == 2  # the buckets were packed on both nodes
+    assert not ray.is_initialized()
+
+    local = tree_hashes(tmp_path / "local")
+    assert tree_hashes(out) == local  # index.json and every tar
+    assert len([k for k in local if k.endswith(".tar")]) >= 9  # 36 samples, <= 4 per shard
+    assert int(re.search(r"ray: (\d+) tasks", err).group(1)) == len(local) - 1  # one per bucket
+
+
+def test_shard_on_ray_to_s3_jpg_skip_and_incremental(connected, tmp_path, s3_bucket):
+    """jpg re-encoding on the workers, a pair whose file is gone (read by the driver: skipped
+    as locally), S3 output identical to a local dir; a rerun sends no tar back or up."""
+    import boto3
+
+    from p2p.config import DataConfig
+    from p2p.data.shards import write_shards
+    from p2p.raycluster import RayExecutor
+
+    raw = _raw(tmp_path)
+    gone = sorted((raw / "B" / "train").iterdir())[3]
+    gone.unlink()
+    data = DataConfig(crop_size=32, load_size=32, image_format="jpg", on_error="skip")
+    url = f"s3://{s3_bucket}/shards"
+
+    local = write_shards(raw, tmp_path / "local", data, max_count=4)
+    ex = RayExecutor(chunk=1)
+    remote = write_shards(raw, url, data, max_count=4, executor=ex)
+    assert remote == local and len(local.skipped) == 1 and gone.name in local.skipped[0]["file"]
+    assert len(ex.nodes) == 2
+
+    s3 = boto3.client("s3")
+    objects = s3.list_objects_v2(Bucket=s3_bucket, Prefix="shards/")["Contents"]
+    on_s3 = {o["Key"].removeprefix("shards/"): o["Key"] for o in objects}
+    assert sorted(on_s3) == sorted(p.name for p in (tmp_path / "local").iterdir())
+    for name, key in on_s3.items():
+        body = s3.get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+        assert body == (tmp_path / "local" / name).read_bytes(), name
+
+    lines: list[str] = []
+    sent: list[int] = []
+    ex2 = RayExecutor(chunk=1)
+    real_map = ex2.map
+
+    def counting_map(fn, items):  # the tar bytes the tasks send back
+        for split, problems, tars, lines_ in real_map(fn, items):
+            sent.extend(1 for _, blob in tars if blob is not None)
+            yield split, problems, tars, lines_
+
+    ex2.map = counting_map
+    assert write_shards(raw, url, data, max_count=4, executor=ex2, progress=lines.append) == local
+    assert sent == [] and any("already up to date" in line for line in lines), lines
