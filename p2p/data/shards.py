@@ -9,6 +9,8 @@ Layout of a shard set (a local directory or an `s3://bucket/prefix`):
                                        sha12 = the first 12 hex digits of the tar's sha256
     index.json                         per split: shard names, sample counts, bytes, sha256;
                                        totals; the source data version; the params used
+    keys-{split}.txt                   the split's sample keys, sorted; line 1 ties it to
+                                       index.json (p2p.data.shard_index.read_keys)
 
 Stable assignment: a pair goes to bucket `H(split, key) mod B` of its split, where H is
 sha256 and B, the number of buckets, is the smallest power of two that keeps buckets at
