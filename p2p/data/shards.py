@@ -63,6 +63,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +210,8 @@ def _write_tars(
     in the same order either way: splits, then buckets, then pairs."""
     from p2p.data.reports import InvalidDataset
 
-    problems: list[Any] = []
+    run = _Run(manifest, workdir, data, limits, say, sink, problems=[])
+    problems = run.problems
     shards: dict[str, list[ShardInfo]] = {split: [] for split in SPLITS}
     max_count, max_size = limits
     jobs = (
@@ -217,12 +219,11 @@ def _write_tars(
         for split in SPLITS
         for bucket, pairs in _buckets(manifest.pairs(split), split, max_count, max_size)
     )
-    if executor is None:
-        done = _local_buckets(jobs, manifest, workdir, data, limits, say, sink, problems)
-    else:
-        done = _remote_buckets(
-            jobs, manifest, workdir, data, limits, say, sink, problems, executor, known
-        )
+    done = (
+        _local_buckets(jobs, run)
+        if executor is None
+        else _remote_buckets(jobs, run, executor, known)
+    )
     for split, bucket_shards in done:
         shards[split] += bucket_shards
     splits = {
@@ -238,18 +239,30 @@ def _write_tars(
     return splits, skipped
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every bucket of one shard run shares: the source, where tars go, the limits."""
+
+    manifest: Any
+    workdir: Path
+    data: DataConfig
+    limits: tuple[int, int]  # (max_count, max_size) per shard
+    say: Callable[[str], None]  # progress lines
+    sink: _Sink  # finished shards go here (local dir, or the S3 uploader)
+    problems: list[Any]  # appended in pair order
+
+    def parts(self) -> tuple[Any, Path, DataConfig, tuple[int, int], Any, _Sink, list[Any]]:
+        return (self.manifest, self.workdir, self.data, self.limits, self.say, self.sink,
+                self.problems)  # fmt: skip
+
+
 def _local_buckets(
-    jobs: Iterator[tuple[str, int, list[Any]]],
-    manifest: Any,
-    workdir: Path,
-    data: DataConfig,
-    limits: tuple[int, int],
-    say: Callable[[str], None],
-    sink: _Sink,
-    problems: list[Any],
+    jobs: Iterator[tuple[str, int, list[Any]]], run: _Run
 ) -> Iterator[tuple[str, list[ShardInfo]]]:
     """(split, shards) per bucket, written by this process; problems are appended in order."""
     from p2p.data.reports import Problem
+
+    manifest, workdir, data, limits, say, sink, problems = run.parts()
 
     # png output copies bytes: reading in this thread was faster than a pool (measured);
     # jpg output decodes and re-encodes, which threads overlap
@@ -268,19 +281,14 @@ def _local_buckets(
 
 def _remote_buckets(
     jobs: Iterator[tuple[str, int, list[Any]]],
-    manifest: Any,
-    workdir: Path,
-    data: DataConfig,
-    limits: tuple[int, int],
-    say: Callable[[str], None],
-    sink: _Sink,
-    problems: list[Any],
+    run: _Run,
     executor: Any,
     known: dict[str, str] | None,
 ) -> Iterator[tuple[str, list[ShardInfo]]]:
     """(split, shards) per bucket, built by executor tasks: this process reads each bucket's
     files (the workers may not see them), the task packs and tars them and sends back the tar
     bytes, which are written to workdir and handed to the sink here, in bucket order."""
+    manifest, workdir, data, limits, say, sink, problems = run.parts()
     where = (manifest.name, manifest.root, data, limits, dict(known or {}))
 
     def items() -> Iterator[tuple[str, int, list[tuple[Any, Any]]]]:
