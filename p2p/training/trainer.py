@@ -30,10 +30,10 @@ version and the params hash, so running the same command again continues the sam
 latest checkpoint (Ray Train V2 resumes by `(storage_path, name)`) and the same MLflow run.
 Run names are one path component (`run_store.RUN_NAME_RE`). One driver at a time trains a run:
 it holds a lease in `<storage_path>/<run name>/` (p2p.training.lease) and a second `p2p train`
-with that name is refused while the first lives. A resume whose params differ from the checkpoint's in
-anything that changes the model (p2p.training.state.needs_permission: lr, batch, data, ...) is
-refused unless `allow_changed_params` (`--allow-changed-params`); then the run continues with
-the new values and MLflow records each change as a `params_changed.<key>` tag.
+with that name is refused while the first lives. A resume whose params differ from the
+checkpoint's in anything that changes the model (p2p.training.state.needs_permission: lr, batch,
+data, ...) is refused unless `allow_changed_params` (`--allow-changed-params`); then the run
+continues with the new values and MLflow records each change as a `params_changed.<key>` tag.
 Worker failures inside one run are retried by Ray (`resources.max_failures`) from the latest
 checkpoint, except DataErrors, which stop the run at once (p2p.training.failures).
 
