@@ -20,6 +20,7 @@ from p2p.data import storage
 from p2p.data.storage import ObjectNotFound, Storage, StorageError
 from p2p.data.storage.local import LocalStorage
 from p2p.data.storage.s3 import S3Storage
+from p2p.errors import P2PError
 
 
 class MemStorage(Storage):
@@ -173,3 +174,30 @@ def test_transient_errors_are_asked_of_every_backend():
 
     assert storage.is_transient_error(EndpointConnectionError(endpoint_url="http://x"))
     assert not storage.is_transient_error(ValueError("bad"))
+
+
+def test_training_runs_read_checkpoints_through_the_registry(mem, tmp_path):
+    """p2p train's checkpoint reads (latest, finished, export) use the backend of the run's
+    storage_path: a run under mem:// is found and exported with no pyarrow filesystem."""
+    from p2p.training.run_store import export_outputs, finished_checkpoint, latest_checkpoint
+
+    run = "mem://bucket/runs/r1"
+    for epoch, with_generator in ((1, True), (2, True), (3, False)):  # epoch 3: half-written
+        d = f"{run}/epoch_{epoch:04d}"
+        storage.write_bytes(f"{d}/metrics.json", b'{"epoch": %d, "step": 7}' % epoch)
+        storage.write_bytes(f"{d}/train_log.csv", b"step\n7\n")
+        if with_generator:
+            storage.write_bytes(f"{d}/generator.pt", b"G%d" % epoch)
+    storage.write_bytes("mem://bucket/runs/r1-old/epoch_0009/generator.pt", b"other run")
+
+    assert latest_checkpoint("mem://bucket/runs", "r1") == f"{run}/epoch_0002"
+    assert latest_checkpoint("mem://bucket/runs", "nothing") is None
+    assert finished_checkpoint("mem://bucket/runs", "r1", 2) == f"{run}/epoch_0002"
+    assert finished_checkpoint("mem://bucket/runs", "r1", 3) is None
+    out = export_outputs(
+        f"{run}/epoch_0002", tmp_path / "models", run_name="r1", mlflow_run_id=None
+    )
+    assert out.generator_path.read_bytes() == b"G2"
+    assert out.metrics == {"epoch": 2, "step": 7}
+    with pytest.raises(P2PError, match="epoch_0003: checkpoint has no generator.pt"):
+        export_outputs(f"{run}/epoch_0003", tmp_path / "m3", run_name="r1", mlflow_run_id=None)
