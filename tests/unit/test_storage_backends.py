@@ -201,3 +201,22 @@ def test_training_runs_read_checkpoints_through_the_registry(mem, tmp_path):
     assert out.metrics == {"epoch": 2, "step": 7}
     with pytest.raises(P2PError, match="epoch_0003: checkpoint has no generator.pt"):
         export_outputs(f"{run}/epoch_0003", tmp_path / "m3", run_name="r1", mlflow_run_id=None)
+
+
+def test_unreadable_run_folder_is_an_error_not_a_fresh_run(mem, monkeypatch):
+    """A listing the store refuses (denied, not missing) stops `p2p train` with the store's
+    one-line error; it is not taken for "no checkpoint yet" (which would start over)."""
+    from p2p.training.run_store import latest_checkpoint
+
+    def denied(prefix: str, *, suffix: str = "") -> list[str]:
+        raise StorageError(f"{prefix}: list denied (AccessDenied); check the credentials")
+
+    monkeypatch.setattr(mem, "list_urls", denied)
+    with pytest.raises(StorageError, match=r"^mem://bucket/runs/r1: list denied"):
+        latest_checkpoint("mem://bucket/runs", "r1")
+
+    def missing(prefix: str, *, suffix: str = "") -> list[str]:
+        raise ObjectNotFound(f"{prefix}: bucket does not exist")
+
+    monkeypatch.setattr(mem, "list_urls", missing)
+    assert latest_checkpoint("mem://bucket/runs", "r1") is None  # nothing there: a new run
