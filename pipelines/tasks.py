@@ -42,8 +42,9 @@ _NETWORK_ERRNOS = frozenset(
 def is_transient(exc: BaseException) -> bool:
     """True if `exc` (or an exception it was raised from) is worth retrying.
 
-    Transient: connection refused/reset/timed out, botocore connection and read errors, S3
-    throttling and 5xx, DVC transfer failures. Never transient: DataError and ConfigError
+    Transient: connection refused/reset/timed out, what a storage backend calls transient
+    (p2p.data.storage.is_transient_error: S3 connection and read errors, throttling, 5xx), DVC
+    transfer failures. Never transient: DataError and ConfigError
     (bad input does not get better by retrying), anything else.
     """
     from p2p.config import ConfigError
@@ -66,9 +67,9 @@ def _transient_one(e: BaseException) -> bool:
         return True
     if isinstance(e, OSError) and e.errno in _NETWORK_ERRNOS:
         return True
-    from p2p.data.storage import is_transient_s3_error
+    from p2p.data.storage import is_transient_error
 
-    if is_transient_s3_error(e):  # botocore connection/read errors, S3 throttling, 5xx
+    if is_transient_error(e):  # any storage backend's: S3 connection drops, throttling, 5xx
         return True
     try:
         from dvc.exceptions import DownloadError, UploadError

@@ -18,7 +18,9 @@ def _s3_urls(ctx: Context) -> dict[str, str]:
         "data.shards": ctx.cfg.data.shards,
         "train.storage_path": ctx.cfg.train.storage_path,
     }
-    return {k: v for k, v in candidates.items() if v.startswith("s3://")}
+    from p2p.data.storage import is_s3_url
+
+    return {k: v for k, v in candidates.items() if is_s3_url(v)}
 
 
 def _bucket(url: str) -> str:

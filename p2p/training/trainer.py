@@ -28,82 +28,58 @@ filesystem) and MLflow should be a server.
 Resuming: the Ray run name is `--run-name`, else `train.run_name`, else derived from the data
 version and the params hash, so running the same command again continues the same run from its
 latest checkpoint (Ray Train V2 resumes by `(storage_path, name)`) and the same MLflow run.
-Run names are one path component (`RUN_NAME_RE`). One driver at a time trains a run: it holds a
-lease in `<storage_path>/<run name>/` (p2p.training.lease) and a second `p2p train` with that
-name is refused while the first lives. A resume whose params differ from the checkpoint's in
-anything that changes the model (p2p.training.state.needs_permission: lr, batch, data, ...) is
-refused unless `allow_changed_params` (`--allow-changed-params`); then the run continues with
-the new values and MLflow records each change as a `params_changed.<key>` tag.
+Run names are one path component (`run_store.RUN_NAME_RE`). One driver at a time trains a run:
+it holds a lease in `<storage_path>/<run name>/` (p2p.training.lease) and a second `p2p train`
+with that name is refused while the first lives. A resume whose params differ from the
+checkpoint's in anything that changes the model (p2p.training.state.needs_permission: lr, batch,
+data, ...) is refused unless `allow_changed_params` (`--allow-changed-params`); then the run
+continues with the new values and MLflow records each change as a `params_changed.<key>` tag.
 Worker failures inside one run are retried by Ray (`resources.max_failures`) from the latest
 checkpoint, except DataErrors, which stop the run at once (p2p.training.failures).
 
 Outputs (`out_dir`, default `models/`): `generator.pt` (weights-only, from the final checkpoint),
 `train_log.csv` (step, epoch, losses, lr, images/s, val metrics: the DVC plot) and
 `train_metrics.json` (the final metrics: the DVC metrics file).
+
+Run names, reading checkpoints (resume checks) and exporting outputs live in
+p2p.training.run_store; where checkpoints are stored (local directory, s3://, any scheme
+p2p.data.storage serves) is that package's business: Ray gets its `storage_path` and
+`storage_filesystem` from `p2p.data.storage.ray_storage`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import re
 import shlex
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2p.atomic import write_atomic, write_text_atomic
 from p2p.config import ExperimentConfig, to_yaml
+from p2p.data.storage import ray_storage
 from p2p.errors import DataError, P2PError
 from p2p.settings import Settings, has_password
 from p2p.training import tracking
 from p2p.training.lease import Lease, check_free, lease_url
-from p2p.training.state import changed_params, needs_permission
+from p2p.training.run_store import (
+    TrainResult,
+    check_run_name,
+    checkpoint_uri,
+    default_run_name,
+    export_outputs,
+    finished_checkpoint,
+    latest_checkpoint,
+    resume_changes,
+)
 
 log = logging.getLogger(__name__)
 
 FAULT_ENV = "P2P_FAULT_STEP"  # test-only fault injection, see p2p.training.loop
-EXPORTED = ("generator.pt", "train_log.csv", "metrics.json")
 _JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # set by Ray in the driver of a submitted job
-_EPOCH_DIR = re.compile(r"^epoch_(\d+)$")
-# One path component that every storage backend (local, S3 via pyarrow, MLflow tags) accepts.
-RUN_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What `fit` produced."""
-
-    run_name: str
-    generator_path: Path
-    train_log_path: Path
-    metrics_path: Path
-    checkpoint_uri: str  # the final checkpoint directory (local path or s3://...)
-    mlflow_run_id: str | None
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-def default_run_name(cfg: ExperimentConfig) -> str:
-    """`p2p-<dataset>-<data version>-<params hash>`: the same data and params give the same name,
-    so re-running a command resumes its run."""
-    version = tracking.data_version(cfg.data.shards, cfg.data.raw_dir) or "nodata"
-    name = f"p2p-{cfg.data.name[:100]}-{version[:8]}-{cfg.params_hash()[:8]}"
-    return re.sub(r"[^A-Za-z0-9_.-]", "-", name)
-
-
-def check_run_name(name: str, source: str) -> str:
-    """`name` if it is a valid run name, else a P2PError naming `source` (e.g. --run-name)."""
-    if not RUN_NAME_RE.match(name):
-        raise P2PError(
-            f"{source} {name!r}: not a valid run name (1-128 characters: letters, digits, "
-            "'.', '_', '-', starting with a letter or digit; no '/', spaces or '..')"
-        )
-    return name
 
 
 def fit(
@@ -173,42 +149,6 @@ def fit(
         )
 
 
-def resume_changes(
-    run_cfg: ExperimentConfig, run_name: str, *, allow: bool
-) -> tuple[dict[str, tuple[str, str]], int | None]:
-    """How the params differ from those of the run's latest checkpoint.
-
-    Returns:
-        ({dotted key: (old, new)} for every changed key, the checkpoint's step), or ({}, None)
-        when the run has no checkpoint yet.
-
-    Raises:
-        P2PError: keys that change the model differ and `allow` is False (one line: the keys
-            with old -> new values, and the two ways out).
-    """
-    ckpt = latest_checkpoint(run_cfg.train.storage_path, run_name)
-    if ckpt is None:
-        return {}, None
-    fs, path = _filesystem(ckpt)
-    try:
-        with fs.open_input_stream(f"{path}/config.json") as f:
-            old = json.loads(f.read())
-        with fs.open_input_stream(f"{path}/metrics.json") as f:
-            step = int(json.loads(f.read()).get("step", 0))
-    except (OSError, ValueError) as e:
-        raise P2PError(f"{ckpt}: cannot read the checkpoint's config: {e}") from None
-    changed = changed_params(old, run_cfg.to_dict())
-    refused = needs_permission(changed)
-    if refused and not allow:
-        shown = ", ".join(f"{k} {o} -> {n}" for k, (o, n) in refused.items())
-        raise P2PError(
-            f"run {run_name} was trained with other params (its checkpoint {ckpt} says): "
-            f"{shown}; pass --allow-changed-params to continue it with the new values, or "
-            "start a new run with another --run-name"
-        )
-    return changed, step
-
-
 # ----------------------------------------------------------------------------- modes
 
 
@@ -238,7 +178,7 @@ def _fit_here(
 
     res = cfg.resources
     storage = run_cfg.train.storage_path
-    done = _finished_checkpoint(storage, run_name, cfg.epochs)
+    done = finished_checkpoint(storage, run_name, cfg.epochs)
     if done is not None:  # nothing left to train: skip starting Ray
         print(f"p2p train: run {run_name} already finished {cfg.epochs} epochs ({done})")
         run_id = tracking.find_run(cfg.train.experiment, run_name)
@@ -288,6 +228,7 @@ def _fit_here(
     per_worker = {"CPU": float(res.cpus_per_worker)}
     if res.use_gpu:
         per_worker["GPU"] = float(res.gpus_per_worker)
+    storage_path, storage_fs = ray_storage(storage)  # the backend's pyarrow filesystem, if any
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -303,7 +244,8 @@ def _fit_here(
         ),
         run_config=ray.train.RunConfig(
             name=run_name,
-            storage_path=storage,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=res.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             worker_runtime_env={"env_vars": env},
@@ -321,7 +263,7 @@ def _fit_here(
                 raise DataError(bad_data) from None
             raise P2PError(f"training run {run_name} failed: {_first_line(e)}") from e
         ckpt_uri = (
-            _checkpoint_uri(result.checkpoint, storage)
+            checkpoint_uri(result.checkpoint, storage)
             if result.checkpoint is not None
             else latest_checkpoint(storage, run_name)
         )
@@ -397,84 +339,6 @@ def _submit_job(
     return export_outputs(ckpt_uri, out_dir, run_name=run_name, mlflow_run_id=run_id)
 
 
-# ----------------------------------------------------------------------------- outputs
-
-
-def latest_checkpoint(storage_path: str, run_name: str) -> str | None:
-    """URI of the highest `epoch_NNNN` checkpoint of a run that holds a generator, or None."""
-    import pyarrow.fs as pafs
-
-    root = f"{storage_path.rstrip('/')}/{run_name}"
-    fs, path = _filesystem(root)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    except OSError:
-        return None
-    found = sorted(
-        (int(m.group(1)), i.base_name)
-        for i in infos
-        if i.type == pafs.FileType.Directory and (m := _EPOCH_DIR.match(i.base_name))
-    )
-    for _, name in reversed(found):
-        if fs.get_file_info(f"{path}/{name}/generator.pt").type == pafs.FileType.File:
-            return f"{root}/{name}"
-    return None
-
-
-def _finished_checkpoint(storage_path: str, run_name: str, epochs: int) -> str | None:
-    """The latest checkpoint of the run if it already holds `epochs` epochs, else None."""
-    uri = latest_checkpoint(storage_path, run_name)
-    if uri is None:
-        return None
-    fs, path = _filesystem(uri)
-    try:
-        with fs.open_input_stream(f"{path}/metrics.json") as f:
-            done = int(json.loads(f.read()).get("epoch", 0))
-    except (OSError, ValueError):
-        return None
-    return uri if done >= epochs else None
-
-
-def export_outputs(
-    checkpoint_uri: str, out_dir: Path, *, run_name: str, mlflow_run_id: str | None
-) -> TrainResult:
-    """Copy generator.pt and train_log.csv of a checkpoint to `out_dir` (atomically), write
-    train_metrics.json."""
-    fs, path = _filesystem(checkpoint_uri)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in EXPORTED:
-        src = f"{path}/{name}"
-        dst = out_dir / ("checkpoint_metrics.json" if name == "metrics.json" else name)
-
-        def copy(tmp: str, src: str = src) -> None:
-            with fs.open_input_stream(src) as fin, open(tmp, "wb") as fout:
-                while chunk := fin.read(1 << 22):
-                    fout.write(chunk)
-
-        try:
-            write_atomic(dst, copy)
-        except FileNotFoundError:
-            raise P2PError(f"{checkpoint_uri}: checkpoint has no {name}") from None
-    ckpt_metrics_path = out_dir / "checkpoint_metrics.json"
-    metrics = json.loads(ckpt_metrics_path.read_text())
-    ckpt_metrics_path.unlink()
-    summary = {
-        **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "run": {"name": run_name, "mlflow_run_id": mlflow_run_id, "checkpoint": checkpoint_uri},
-    }
-    metrics_path = out_dir / "train_metrics.json"
-    write_text_atomic(metrics_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return TrainResult(
-        run_name=run_name,
-        generator_path=out_dir / "generator.pt",
-        train_log_path=out_dir / "train_log.csv",
-        metrics_path=metrics_path,
-        checkpoint_uri=checkpoint_uri,
-        mlflow_run_id=mlflow_run_id,
-        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-    )
-
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -506,21 +370,6 @@ def _absolute_paths(cfg: ExperimentConfig) -> ExperimentConfig:
 def _worker_env() -> dict[str, str]:
     """Non-secret settings the job and workers need (endpoint, region, MLflow URI)."""
     return Settings.from_env().worker_env()
-
-
-def _filesystem(uri: str) -> tuple[Any, str]:
-    import pyarrow.fs as pafs
-
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri).resolve())
-
-
-def _checkpoint_uri(checkpoint: Any, storage_path: str) -> str:
-    """A Ray Checkpoint's location as a URI (S3 paths come back without their scheme)."""
-    scheme = storage_path.split("://", 1)[0] if "://" in storage_path else ""
-    path = checkpoint.path
-    return f"{scheme}://{path}" if scheme and "://" not in path else path
 
 
 def _first_line(e: BaseException | str) -> str:

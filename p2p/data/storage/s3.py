@@ -1,4 +1,4 @@
-"""Local paths and `s3://bucket/key` URLs behind one small API; the library's S3 client.
+"""`s3://bucket/key` URLs: the `s3` scheme of p2p.data.storage, and the library's S3 client.
 
 Where S3 is: `AWS_ENDPOINT_URL` (MinIO, moto) or AWS itself; region from `AWS_DEFAULT_REGION`.
 Credentials come only from boto3's standard chain (environment, profile, instance role); this
@@ -10,7 +10,6 @@ Failure model:
   5xx, throttling) and are atomic: an S3 object appears under its key only when the PUT or the
   CompleteMultipartUpload succeeds, and a failed multipart upload is aborted, so a failed upload
   leaves nothing under the final key (and never a truncated object);
-- local writes go to a temp name in the same directory, then `os.replace`;
 - `open_url` streams an S3 object and, if the connection drops mid-stream, resumes from the
   current offset with a ranged GET pinned to the same ETag.
 """
@@ -22,24 +21,19 @@ import io
 import logging
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from p2p.atomic import write_atomic, write_bytes_atomic
-from p2p.errors import P2PError
+from p2p.data.storage.base import ObjectNotFound, Storage, StorageError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-UPLOAD_ATTEMPTS = (
-    3  # whole-transfer attempts in upload_file / write_bytes (botocore retries inside)
-)
+UPLOAD_ATTEMPTS = 3  # whole-transfer attempts per upload / write (botocore retries inside)
 READ_ATTEMPTS = 5  # reconnects while streaming one object
 MULTIPART_THRESHOLD = 64 * 1024 * 1024  # bytes; larger files go up in parallel parts
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024  # bytes per part (S3 minimum is 5 MiB)
@@ -61,14 +55,6 @@ _TRANSIENT_CODES = frozenset(
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
-class StorageError(P2PError):
-    """An S3 or filesystem operation failed; the message names the URL and the reason."""
-
-
-class ObjectNotFound(StorageError, FileNotFoundError):
-    """The URL names no object / file."""
-
-
 # ----------------------------------------------------------------------------- URLs
 
 
@@ -85,17 +71,6 @@ def split_s3_url(url: str) -> tuple[str, str]:
     if not 3 <= len(bucket) <= 63:
         raise StorageError(f"{url}: bucket name must be 3-63 characters")
     return bucket, key
-
-
-def join_url(base: str | os.PathLike, *parts: str) -> str:
-    """Join path parts onto a local directory or an s3:// prefix."""
-    if is_s3_url(base):
-        out = str(base).rstrip("/")
-        for p in parts:
-            if p.strip("/"):
-                out += "/" + p.strip("/")
-        return out
-    return str(Path(base, *parts))
 
 
 # ----------------------------------------------------------------------------- client
@@ -145,6 +120,14 @@ def s3_client(*, max_attempts: int = 5, retry_mode: str = "standard") -> Any:
             client = session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
             _clients[key] = client
     return client
+
+
+def _default_client() -> Any:
+    # Looked up on the package, so that `p2p.data.storage.s3_client` stays the one place to
+    # swap the client (the flow tests point it at a dead endpoint to exercise retries).
+    from p2p.data import storage
+
+    return storage.s3_client()
 
 
 def is_transient_s3_error(exc: BaseException) -> bool:
@@ -212,125 +195,139 @@ def _wrap(url: str, action: str, exc: Exception) -> StorageError:
     return StorageError(f"{url}: {action} failed: {type(exc).__name__}: {exc}")
 
 
-# ----------------------------------------------------------------------------- writing
+# ----------------------------------------------------------------------------- backend
 
 
-def upload_file(
-    local: str | os.PathLike,
-    url: str,
-    *,
-    client: Any = None,
-    transfer_config: Any = None,
-    attempts: int = UPLOAD_ATTEMPTS,
-    metadata: dict[str, str] | None = None,
-) -> int:
-    """Copy a local file to `url` (s3:// or a local path), atomically; returns the byte count.
+class S3Storage(Storage):
+    scheme = "s3"
 
-    S3: a managed transfer (multipart above `MULTIPART_THRESHOLD`, parts in parallel). A failed
-    multipart upload is aborted by the transfer manager, so nothing appears under the key; the
-    whole transfer is retried on transient errors and the stored size is checked at the end.
+    def upload_file(
+        self,
+        local: Path,
+        url: str,
+        *,
+        metadata: dict[str, str] | None = None,
+        client: Any = None,
+        transfer_config: Any = None,
+        attempts: int = UPLOAD_ATTEMPTS,
+    ) -> int:
+        """A managed transfer (multipart above `MULTIPART_THRESHOLD`, parts in parallel). A
+        failed multipart upload is aborted by the transfer manager, so nothing appears under
+        the key; the whole transfer is retried on transient errors and the stored size is
+        checked at the end.
 
-    Args:
-        local: the file to upload.
-        url: destination, `s3://bucket/key` or a local path.
-        client: boto3 S3 client (default: `s3_client()`).
-        transfer_config: boto3 `TransferConfig` (default: thresholds above, classic client).
-        attempts: whole-transfer attempts on transient errors.
-        metadata: S3 user metadata stored with the object (e.g. {"sha256": ...}); see `stat`.
-    """
-    local = Path(local)
-    if not local.is_file():
-        raise ObjectNotFound(f"{local}: no such file to upload")
-    size = local.stat().st_size
-    if not is_s3_url(url):
-        write_atomic(url, lambda tmp: shutil.copyfile(local, tmp))
+        Args:
+            client: boto3 S3 client (default: `s3_client()`).
+            transfer_config: boto3 `TransferConfig` (default: thresholds above, classic client).
+            attempts: whole-transfer attempts on transient errors.
+        """
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
+
+        size = local.stat().st_size
+        bucket, key = split_s3_url(url)
+        if not key or key.endswith("/"):
+            raise StorageError(f"{url}: an object key is needed, not a prefix")
+        client = client or _default_client()
+        config = transfer_config or TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_CHUNKSIZE,
+            max_concurrency=4,
+            preferred_transfer_client="classic",
+        )
+
+        def once() -> None:
+            with create_transfer_manager(client, config) as manager:
+                extra = {"Metadata": dict(metadata)} if metadata else None
+                manager.upload(str(local), bucket, key, extra_args=extra).result()
+
+        try:
+            _retry(f"upload {url}", once, attempts)
+            stored = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        except Exception as e:
+            raise _wrap(url, "upload", e) from e
+        if stored != size:  # pragma: no cover - S3 guarantees this; a broken gateway might not
+            raise StorageError(f"{url}: stored {stored} bytes, expected {size}")
         return size
 
-    from boto3.s3.transfer import TransferConfig, create_transfer_manager
-
-    bucket, key = split_s3_url(url)
-    if not key or key.endswith("/"):
-        raise StorageError(f"{url}: an object key is needed, not a prefix")
-    client = client or s3_client()
-    config = transfer_config or TransferConfig(
-        multipart_threshold=MULTIPART_THRESHOLD,
-        multipart_chunksize=MULTIPART_CHUNKSIZE,
-        max_concurrency=4,
-        preferred_transfer_client="classic",
-    )
-
-    def once() -> None:
-        with create_transfer_manager(client, config) as manager:
-            extra = {"Metadata": dict(metadata)} if metadata else None
-            manager.upload(str(local), bucket, key, extra_args=extra).result()
-
-    try:
-        _retry(f"upload {url}", once, attempts)
-        stored = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
-    except Exception as e:
-        raise _wrap(url, "upload", e) from e
-    if stored != size:  # pragma: no cover - S3 guarantees this; a broken gateway might not
-        raise StorageError(f"{url}: stored {stored} bytes, expected {size}")
-    return size
-
-
-def write_bytes(url: str | os.PathLike, data: bytes, *, client: Any = None) -> None:
-    """Write `data` to a local path (temp file + rename) or an S3 object (one atomic PUT)."""
-    if not is_s3_url(url):
-        write_bytes_atomic(url, data)
-        return
-    bucket, key = split_s3_url(url)
-    client = client or s3_client()
-    try:
-        _retry(
-            f"put {url}",
-            lambda: client.put_object(Bucket=bucket, Key=key, Body=data),
-            UPLOAD_ATTEMPTS,
-        )
-    except Exception as e:
-        raise _wrap(url, "write", e) from e
-
-
-def remove(url: str | os.PathLike, *, missing_ok: bool = True) -> None:
-    """Delete one object / file."""
-    if not is_s3_url(url):
+    def write_bytes(self, url: str, data: bytes, *, client: Any = None) -> None:
+        bucket, key = split_s3_url(url)
+        client = client or _default_client()
         try:
-            Path(url).unlink()
-        except FileNotFoundError:
-            if not missing_ok:
-                raise ObjectNotFound(f"{url}: not found") from None
-        return
-    bucket, key = split_s3_url(url)
-    if not missing_ok and not exists(url):
-        raise ObjectNotFound(f"{url}: not found")
-    try:
-        s3_client().delete_object(Bucket=bucket, Key=key)
-    except Exception as e:
-        raise _wrap(url, "delete", e) from e
+            _retry(
+                f"put {url}",
+                lambda: client.put_object(Bucket=bucket, Key=key, Body=data),
+                UPLOAD_ATTEMPTS,
+            )
+        except Exception as e:
+            raise _wrap(url, "write", e) from e
 
-
-# ----------------------------------------------------------------------------- reading
-
-
-def read_bytes(url: str | os.PathLike) -> bytes:
-    """The whole content of a local file or an S3 object."""
-    with open_url(url) as f:
-        return f.read()
-
-
-def open_url(url: str | os.PathLike, *, buffer_size: int = 1 << 20) -> IO[bytes]:
-    """A readable binary stream over a local file or an S3 object (streamed, not downloaded).
-
-    S3 streams survive dropped connections: they reopen at the current offset (ranged GET,
-    If-Match on the first ETag so a concurrently replaced object is an error, not a mix).
-    """
-    if not is_s3_url(url):
+    def remove(self, url: str, *, missing_ok: bool = True) -> None:
+        bucket, key = split_s3_url(url)
+        if not missing_ok and not self.exists(url):
+            raise ObjectNotFound(f"{url}: not found")
         try:
-            return open(url, "rb")  # noqa: SIM115 - the caller owns the stream
-        except FileNotFoundError:
-            raise ObjectNotFound(f"{url}: not found") from None
-    bucket, key = split_s3_url(url)
-    return io.BufferedReader(_S3Stream(url, bucket, key, s3_client()), buffer_size=buffer_size)
+            _default_client().delete_object(Bucket=bucket, Key=key)
+        except Exception as e:
+            raise _wrap(url, "delete", e) from e
+
+    def open_url(self, url: str, *, buffer_size: int = 1 << 20) -> IO[bytes]:
+        """Streams survive dropped connections: they reopen at the current offset (ranged GET,
+        If-Match on the first ETag so a concurrently replaced object is an error, not a mix)."""
+        bucket, key = split_s3_url(url)
+        raw = _S3Stream(url, bucket, key, _default_client())
+        return io.BufferedReader(raw, buffer_size=buffer_size)
+
+    def _head(self, url: str) -> dict[str, Any] | None:
+        """The object's HEAD response, or None if it does not exist."""
+        bucket, key = split_s3_url(url)
+        client = _default_client()
+        try:
+            return _retry(
+                f"head {url}", lambda: client.head_object(Bucket=bucket, Key=key), READ_ATTEMPTS
+            )
+        except Exception as e:
+            if _error_code(e) in _MISSING_CODES:
+                return None
+            raise _wrap(url, "stat", e) from e
+
+    def exists(self, url: str) -> bool:
+        return self._head(url) is not None
+
+    def stat(self, url: str) -> dict[str, Any] | None:
+        head = self._head(url)
+        if head is None:
+            return None
+        return {"size": head["ContentLength"], "metadata": dict(head.get("Metadata") or {})}
+
+    def list_urls(self, prefix: str, *, suffix: str = "") -> list[str]:
+        """An S3 prefix is a directory: `s3://b/shards/demo` lists `shards/demo/...`, not
+        `shards/demo-old/...`."""
+        bucket, key = split_s3_url(prefix)
+        key = key.rstrip("/") + "/" if key.strip("/") else ""
+        out: list[str] = []
+        try:
+            paginator = _default_client().get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=bucket, Prefix=key):
+                for obj in page.get("Contents", []):
+                    if obj["Key"].endswith(suffix):
+                        out.append(f"s3://{bucket}/{obj['Key']}")
+        except Exception as e:
+            raise _wrap(prefix, "list", e) from e
+        return sorted(out)
+
+    def ray_storage(self, url: str) -> tuple[str, Any]:
+        """A pyarrow S3 filesystem from the URL (pyarrow reads AWS_ENDPOINT_URL, the region and
+        boto's credential chain itself) and the `bucket/prefix` path inside it."""
+        import pyarrow.fs as pafs
+
+        try:
+            fs, path = pafs.FileSystem.from_uri(url)
+        except (OSError, ValueError) as e:
+            raise StorageError(f"{url}: not a usable S3 location for Ray: {e}") from None
+        return path, fs
+
+    def is_transient_error(self, exc: BaseException) -> bool:
+        return is_transient_s3_error(exc)
 
 
 class _S3Stream(io.RawIOBase):
@@ -390,64 +387,3 @@ class _S3Stream(io.RawIOBase):
     def close(self) -> None:
         self._close_body()
         super().close()
-
-
-def exists(url: str | os.PathLike) -> bool:
-    """True if a local file/dir or an S3 object exists at `url`."""
-    if not is_s3_url(url):
-        return Path(url).exists()
-    bucket, key = split_s3_url(url)
-    client = s3_client()
-    try:
-        _retry(f"head {url}", lambda: client.head_object(Bucket=bucket, Key=key), READ_ATTEMPTS)
-        return True
-    except Exception as e:
-        if _error_code(e) in _MISSING_CODES:
-            return False
-        raise _wrap(url, "stat", e) from e
-
-
-def stat(url: str | os.PathLike) -> dict[str, Any] | None:
-    """{"size": bytes, "metadata": {...}} of a file / object, or None if it does not exist.
-
-    Local files have empty metadata; S3 objects carry the user metadata given at upload.
-    """
-    if not is_s3_url(url):
-        p = Path(url)
-        return {"size": p.stat().st_size, "metadata": {}} if p.is_file() else None
-    bucket, key = split_s3_url(url)
-    client = s3_client()
-    try:
-        head = _retry(
-            f"head {url}", lambda: client.head_object(Bucket=bucket, Key=key), READ_ATTEMPTS
-        )
-    except Exception as e:
-        if _error_code(e) in _MISSING_CODES:
-            return None
-        raise _wrap(url, "stat", e) from e
-    return {"size": head["ContentLength"], "metadata": dict(head.get("Metadata") or {})}
-
-
-def list_urls(prefix: str | os.PathLike, *, suffix: str = "") -> list[str]:
-    """Sorted URLs of all files/objects below a directory or s3:// prefix (recursive).
-
-    An S3 prefix is treated as a directory: `s3://b/shards/demo` lists `shards/demo/...`,
-    not `shards/demo-old/...`.
-    """
-    if not is_s3_url(prefix):
-        root = Path(prefix)
-        if not root.is_dir():
-            return []
-        return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.name.endswith(suffix))
-    bucket, key = split_s3_url(str(prefix))
-    key = key.rstrip("/") + "/" if key.strip("/") else ""
-    out: list[str] = []
-    try:
-        pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
-        for page in pages:
-            for obj in page.get("Contents", []):
-                if obj["Key"].endswith(suffix):
-                    out.append(f"s3://{bucket}/{obj['Key']}")
-    except Exception as e:
-        raise _wrap(str(prefix), "list", e) from e
-    return sorted(out)

@@ -1,0 +1,222 @@
+"""p2p.data.storage picks one backend per URL scheme from its explicit registry.
+
+- local paths and s3:// URLs go to their own backends;
+- a scheme no backend serves (gs://, az://) is one StorageError line naming the URL and the
+  schemes served, and nothing is written anywhere;
+- a new store is one `Storage` subclass registered under its scheme: the in-memory backend
+  below (a complete, real implementation) serves every public function, which is the whole
+  claim that GCS or Azure would be one new module.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from p2p.data import storage
+from p2p.data.storage import ObjectNotFound, Storage, StorageError
+from p2p.data.storage.local import LocalStorage
+from p2p.data.storage.s3 import S3Storage
+from p2p.errors import P2PError
+
+
+class MemStorage(Storage):
+    """`mem://name/key`: objects in a dict, for tests (a whole backend in ~40 lines)."""
+
+    scheme = "mem"
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
+
+    def upload_file(
+        self, local: Path, url: str, *, metadata: dict[str, str] | None = None, **options: Any
+    ) -> int:
+        data = local.read_bytes()
+        self.objects[url] = (data, dict(metadata or {}))
+        return len(data)
+
+    def write_bytes(self, url: str, data: bytes, **options: Any) -> None:
+        self.objects[url] = (bytes(data), {})
+
+    def remove(self, url: str, *, missing_ok: bool = True) -> None:
+        if self.objects.pop(url, None) is None and not missing_ok:
+            raise ObjectNotFound(f"{url}: not found")
+
+    def open_url(self, url: str, *, buffer_size: int = 1 << 20) -> IO[bytes]:
+        if url not in self.objects:
+            raise ObjectNotFound(f"{url}: not found")
+        return io.BytesIO(self.objects[url][0])
+
+    def exists(self, url: str) -> bool:
+        return url in self.objects
+
+    def stat(self, url: str) -> dict[str, Any] | None:
+        if url not in self.objects:
+            return None
+        data, meta = self.objects[url]
+        return {"size": len(data), "metadata": dict(meta)}
+
+    def list_urls(self, prefix: str, *, suffix: str = "") -> list[str]:
+        below = prefix.rstrip("/") + "/"
+        return sorted(u for u in self.objects if u.startswith(below) and u.endswith(suffix))
+
+    def ray_storage(self, url: str) -> tuple[str, Any]:
+        raise StorageError(f"{url}: Ray cannot checkpoint to memory")
+
+
+@pytest.fixture
+def mem(monkeypatch) -> MemStorage:
+    backend = MemStorage()
+    monkeypatch.setitem(storage.BACKENDS, "mem", backend)
+    return backend
+
+
+def test_each_scheme_goes_to_its_backend(tmp_path):
+    assert isinstance(storage.backend_for("s3://bucket/key"), S3Storage)
+    assert isinstance(storage.backend_for("S3://bucket/key"), S3Storage)  # schemes: any case
+    for local in (str(tmp_path / "a"), tmp_path / "a", "relative/dir", "weird:name"):
+        assert isinstance(storage.backend_for(local), LocalStorage), local
+    assert storage.scheme_of("s3://b/k") == "s3" and storage.scheme_of(tmp_path) == ""
+    assert storage.is_local("data/shards") and not storage.is_local("s3://b/shards")
+
+
+@pytest.mark.parametrize("url", ["gs://bucket/shards/a.tar", "az://container/a.tar"])
+def test_unknown_scheme_is_one_clear_error(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the old code took these for relative local paths
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x")
+    calls = [
+        lambda: storage.read_bytes(url),
+        lambda: storage.write_bytes(url, b"x"),
+        lambda: storage.upload_file(src, url),
+        lambda: storage.open_url(url),
+        lambda: storage.exists(url),
+        lambda: storage.stat(url),
+        lambda: storage.list_urls(url),
+        lambda: storage.remove(url),
+        lambda: storage.join_url(url, "x"),
+        lambda: storage.ray_storage(url),
+    ]
+    scheme = url.split("://")[0]
+    for call in calls:
+        with pytest.raises(StorageError) as err:
+            call()
+        msg = str(err.value)
+        assert msg == (
+            f"{url}: unsupported storage scheme {scheme}:// (supported: local paths, s3://)"
+        )
+        assert not isinstance(err.value, ObjectNotFound)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src.bin"]  # nothing written
+
+
+def test_a_registered_backend_serves_every_function(mem, tmp_path):
+    base = "mem://bucket/shards/demo"
+    storage.write_bytes(storage.join_url(base, "index.json"), b"{}")
+    storage.write_bytes(f"{base}/train-000000.tar", b"t" * 10)
+    storage.write_bytes("mem://bucket/shards/demo-old/train-000000.tar", b"old")
+    src = tmp_path / "val.tar"
+    src.write_bytes(b"v" * 7)
+    assert storage.upload_file(src, f"{base}/val-000000.tar", metadata={"sha256": "ab"}) == 7
+
+    assert storage.read_bytes(f"{base}/index.json") == b"{}"
+    with storage.open_url(f"{base}/train-000000.tar") as f:
+        assert f.read() == b"t" * 10
+    assert storage.exists(f"{base}/index.json") and not storage.exists(f"{base}/nope")
+    assert storage.stat(f"{base}/val-000000.tar") == {"size": 7, "metadata": {"sha256": "ab"}}
+    assert storage.stat(f"{base}/nope") is None
+    assert storage.list_urls(base) == [
+        f"{base}/index.json",
+        f"{base}/train-000000.tar",
+        f"{base}/val-000000.tar",
+    ]  # a prefix is a directory: demo-old is not below demo
+    assert storage.list_urls(base, suffix=".tar") == [
+        f"{base}/train-000000.tar",
+        f"{base}/val-000000.tar",
+    ]
+    storage.remove(f"{base}/index.json")
+    assert not storage.exists(f"{base}/index.json")
+    with pytest.raises(ObjectNotFound, match="index.json: not found"):
+        storage.read_bytes(f"{base}/index.json")
+    with pytest.raises(ObjectNotFound):
+        storage.remove(f"{base}/index.json", missing_ok=False)
+    assert set(mem.objects) == {
+        f"{base}/train-000000.tar",
+        f"{base}/val-000000.tar",
+        "mem://bucket/shards/demo-old/train-000000.tar",
+    }
+    with pytest.raises(StorageError, match="unsupported storage scheme gs://.*mem://"):
+        storage.exists("gs://b/k")  # the error lists what is registered now
+
+
+def test_upload_of_a_missing_file_names_it(mem, tmp_path):
+    with pytest.raises(ObjectNotFound, match="no such file to upload"):
+        storage.upload_file(tmp_path / "missing.bin", "mem://bucket/x")
+    assert mem.objects == {}
+
+
+def test_ray_storage_per_backend(tmp_path, monkeypatch):
+    # local: an absolute directory, Ray builds no filesystem
+    monkeypatch.chdir(tmp_path)
+    assert storage.ray_storage("runs") == (str(tmp_path / "runs"), None)
+    # s3: pyarrow's S3 filesystem and the bucket/prefix inside it (no request is made)
+    import pyarrow.fs as pafs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    path, fs = storage.ray_storage("s3://bucket/runs")
+    assert path == "bucket/runs" and isinstance(fs, pafs.S3FileSystem)
+
+
+def test_transient_errors_are_asked_of_every_backend():
+    from botocore.exceptions import EndpointConnectionError
+
+    assert storage.is_transient_error(EndpointConnectionError(endpoint_url="http://x"))
+    assert not storage.is_transient_error(ValueError("bad"))
+
+
+def test_training_runs_read_checkpoints_through_the_registry(mem, tmp_path):
+    """p2p train's checkpoint reads (latest, finished, export) use the backend of the run's
+    storage_path: a run under mem:// is found and exported with no pyarrow filesystem."""
+    from p2p.training.run_store import export_outputs, finished_checkpoint, latest_checkpoint
+
+    run = "mem://bucket/runs/r1"
+    for epoch, with_generator in ((1, True), (2, True), (3, False)):  # epoch 3: half-written
+        d = f"{run}/epoch_{epoch:04d}"
+        storage.write_bytes(f"{d}/metrics.json", b'{"epoch": %d, "step": 7}' % epoch)
+        storage.write_bytes(f"{d}/train_log.csv", b"step\n7\n")
+        if with_generator:
+            storage.write_bytes(f"{d}/generator.pt", b"G%d" % epoch)
+    storage.write_bytes("mem://bucket/runs/r1-old/epoch_0009/generator.pt", b"other run")
+
+    assert latest_checkpoint("mem://bucket/runs", "r1") == f"{run}/epoch_0002"
+    assert latest_checkpoint("mem://bucket/runs", "nothing") is None
+    assert finished_checkpoint("mem://bucket/runs", "r1", 2) == f"{run}/epoch_0002"
+    assert finished_checkpoint("mem://bucket/runs", "r1", 3) is None
+    out = export_outputs(
+        f"{run}/epoch_0002", tmp_path / "models", run_name="r1", mlflow_run_id=None
+    )
+    assert out.generator_path.read_bytes() == b"G2"
+    assert out.metrics == {"epoch": 2, "step": 7}
+    with pytest.raises(P2PError, match="epoch_0003: checkpoint has no generator.pt"):
+        export_outputs(f"{run}/epoch_0003", tmp_path / "m3", run_name="r1", mlflow_run_id=None)
+
+
+def test_unreadable_run_folder_is_an_error_not_a_fresh_run(mem, monkeypatch):
+    """A listing the store refuses (denied, not missing) stops `p2p train` with the store's
+    one-line error; it is not taken for "no checkpoint yet" (which would start over)."""
+    from p2p.training.run_store import latest_checkpoint
+
+    def denied(prefix: str, *, suffix: str = "") -> list[str]:
+        raise StorageError(f"{prefix}: list denied (AccessDenied); check the credentials")
+
+    monkeypatch.setattr(mem, "list_urls", denied)
+    with pytest.raises(StorageError, match=r"^mem://bucket/runs/r1: list denied"):
+        latest_checkpoint("mem://bucket/runs", "r1")
+
+    def missing(prefix: str, *, suffix: str = "") -> list[str]:
+        raise ObjectNotFound(f"{prefix}: bucket does not exist")
+
+    monkeypatch.setattr(mem, "list_urls", missing)
+    assert latest_checkpoint("mem://bucket/runs", "r1") is None  # nothing there: a new run
