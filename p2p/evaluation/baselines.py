@@ -15,12 +15,19 @@ never on the split being scored. Margins are the model's PSNR minus each baselin
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from p2p.config import ExperimentConfig
 
 Method = Callable[[torch.Tensor], torch.Tensor]  # (B, C, H, W) input in [-1, 1] -> output
 
@@ -83,3 +90,61 @@ def pick_param(
         for p in classical.params:
             sums[p] += float(score(classical.make(p, out_nc)(real_a), real_b).sum())
     return max(classical.params, key=lambda p: sums[p])
+
+
+def built_task(cfg: ExperimentConfig) -> str | None:
+    """The build task that made the data (`build.task`), if p2p built it from photos."""
+    d = cfg.data
+    return cfg.build.task if d.source == "demo" or d.source_format == "photos" else None
+
+
+def untrained_like(g: nn.Module, cfg: ExperimentConfig) -> nn.Module:
+    """A copy of `g` freshly initialised as training initialises (seeded by train.seed), with
+    reset batch-norm statistics: the generator before any step."""
+    from p2p.models.layers import init_weights
+
+    g0 = copy.deepcopy(g)
+    torch.manual_seed(cfg.train.seed)
+    init_weights(g0, cfg.model.init_type, cfg.model.init_gain)
+    for m in g0.modules():
+        if hasattr(m, "reset_running_stats"):
+            m.reset_running_stats()
+    return g0
+
+
+def baseline_methods(
+    g: nn.Module,
+    cfg: ExperimentConfig,
+    mode: str,
+    val_batches: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]] | None,
+) -> tuple[dict[str, Method], dict[str, str]]:
+    """name -> method for each baseline that applies to `g` on this data, and name -> what it
+    is. `val_batches()` gives the val split (None: no val split) to pick a classical
+    parameter on; the untrained generator runs in the same inference `mode` as the model."""
+    from p2p.evaluation.metrics import psnr
+    from p2p.inference import DEFAULT_SEED, dropout_seed, inference_mode
+
+    methods: dict[str, Method] = {}
+    labels: dict[str, str] = {}
+    if cfg.data.input_nc == cfg.data.output_nc:  # doing nothing is defined
+        methods["input"], labels["input"] = (lambda x: x), "the input as the output"
+    g0 = untrained_like(g, cfg)
+
+    def untrained(x: torch.Tensor) -> torch.Tensor:
+        with inference_mode(g0, mode), contextlib.ExitStack() as stack:
+            if mode == "paper":  # the model's paper-mode scores use this seed too
+                stack.enter_context(dropout_seed(g0, DEFAULT_SEED))
+            return g0(x)
+
+    methods["untrained"], labels["untrained"] = untrained, "the untrained generator"
+    task = built_task(cfg)
+    if task in CLASSICAL:
+        c = CLASSICAL[task]
+        param = c.params[0]
+        if len(c.params) > 1 and val_batches is not None:
+            param = pick_param(
+                c, val_batches(), cfg.data.output_nc, lambda o, t: psnr(o, t, reduction="none")
+            )
+        methods["classical"] = c.make(param, cfg.data.output_nc)
+        labels["classical"] = f"{task}: " + c.label.format(p=param)
+    return methods, labels

@@ -8,9 +8,13 @@ Writes to `out_dir`:
                    Two scores are comparable exactly when their testset keys are equal.
                    `inference_mode`: the mode the scores were taken in (eval.inference_mode);
                    `modes_val`: l1/psnr/ssim on the val split in BOTH modes (paper, eval).
+                   `baselines`, `baseline_labels`, `margins_psnr`, `beats_baselines`: the
+                   trivial baselines scored on the same images (p2p.evaluation.baselines)
+                   and the model's PSNR margin over each, in dB.
     samples.png    eval.num_samples test images spread over the split, one per row:
                    input | output | target, labelled and upscaled (p2p.evaluation.grid)
-    index.html     a results page: model name and version, metrics with units, the grid
+    index.html     a results page (p2p.evaluation.report): model name and version, metrics
+                   with units, baselines and margins, the grid
 
 Inference modes (p2p.inference): paper = dropout on and each image's own batch statistics
 (batch 1, dropout seeded per image with DEFAULT_SEED, so the scores are reproducible and
@@ -22,11 +26,9 @@ the previous results intact.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import datetime as _dt
 import hashlib
-import html
 import json
 import logging
 import time
@@ -40,8 +42,9 @@ from p2p import __version__
 from p2p.atomic import write_bytes_atomic
 from p2p.config import ExperimentConfig
 from p2p.errors import P2PError
-from p2p.evaluation.baselines import Method
+from p2p.evaluation.baselines import Method, baseline_methods
 from p2p.evaluation.grid import pick_rows, render_grid
+from p2p.evaluation.report import SAMPLES_FILE, index_html
 from p2p.evaluation.scoring import ScoreSums, score_batches
 from p2p.inference import DEFAULT_SEED, MODES, check_mode, dropout_seed, inference_mode
 
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE, SAMPLES_FILE, INDEX_FILE = "metrics.json", "samples.png", "index.html"
+METRICS_FILE, INDEX_FILE = "metrics.json", "index.html"  # samples.png: report.SAMPLES_FILE
 METRICS_FORMAT = "p2p.metrics"
 
 
@@ -139,7 +142,11 @@ def evaluate_checkpoint(
     _check_channels(g, cfg, checkpoint)
     mode = check_mode(cfg.eval.inference_mode, "eval.inference_mode")
     # the trivial baselines (p2p.evaluation.baselines), scored on the same images in one pass
-    baselines, labels = _baselines(g, shards, index, cfg, mode, device)
+    n_val = index.samples("val")
+    baselines, labels = baseline_methods(
+        g, cfg, mode, lambda: _eval_batches(shards, "val", n_val, cfg, cfg.eval.batch_size, device)
+        if n_val else None,
+    )  # fmt: skip
     extra = OptionalMetrics(device)
     res = _score_split(
         g, shards, split, n_total, cfg, mode, device, checkpoint,
@@ -192,7 +199,7 @@ def evaluate_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out / SAMPLES_FILE, _grid_png(rows))
     write_bytes_atomic(out / METRICS_FILE, (json.dumps(metrics, indent=2) + "\n").encode())
-    html_page = _index_html(metrics, len(rows), model_name=cfg.eval.model_name, version=version)
+    html_page = index_html(metrics, len(rows), model_name=cfg.eval.model_name, version=version)
     write_bytes_atomic(out / INDEX_FILE, html_page.encode())
     log.info(
         "evaluate: %d %s samples  l1 %.4f  psnr %.2f dB  ssim %.4f  -> %s",
@@ -229,61 +236,6 @@ class _SplitScores:
     means: dict[str, float]  # l1, psnr, ssim
     baselines: dict[str, dict[str, float]]  # name -> l1, psnr, ssim of that baseline
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # grid rows (input, output, target)
-
-
-def built_task(cfg: ExperimentConfig) -> str | None:
-    """The build task that made the data (`build.task`), if p2p built it from photos."""
-    d = cfg.data
-    return cfg.build.task if d.source == "demo" or d.source_format == "photos" else None
-
-
-def _baselines(
-    g: torch.nn.Module,
-    shards: str,
-    index: ShardIndex,
-    cfg: ExperimentConfig,
-    mode: str,
-    device: str,
-) -> tuple[dict[str, Method], dict[str, str]]:
-    """name -> method for each baseline that applies, and name -> what it is."""
-    from p2p.evaluation.baselines import CLASSICAL, pick_param
-    from p2p.evaluation.metrics import psnr
-    from p2p.models.layers import init_weights
-
-    methods: dict[str, Method] = {}
-    labels: dict[str, str] = {}
-    if cfg.data.input_nc == cfg.data.output_nc:  # doing nothing is defined
-        methods["input"], labels["input"] = (lambda x: x), "the input as the output"
-    # an untrained generator of the same architecture, initialised like training, run in the
-    # same inference mode as the model
-    g0 = copy.deepcopy(g)
-    torch.manual_seed(cfg.train.seed)
-    init_weights(g0, cfg.model.init_type, cfg.model.init_gain)
-    for m in g0.modules():
-        if hasattr(m, "reset_running_stats"):
-            m.reset_running_stats()
-
-    def untrained(x: torch.Tensor) -> torch.Tensor:
-        with inference_mode(g0, mode), contextlib.ExitStack() as stack:
-            if mode == "paper":
-                stack.enter_context(dropout_seed(g0, DEFAULT_SEED))
-            return g0(x)
-
-    methods["untrained"], labels["untrained"] = untrained, "the untrained generator"
-    task = built_task(cfg)
-    if task in CLASSICAL:
-        c = CLASSICAL[task]
-        param = c.params[0]
-        if len(c.params) > 1 and index.samples("val") > 0:
-            val = _eval_batches(
-                shards, "val", index.samples("val"), cfg, cfg.eval.batch_size, device
-            )
-            param = pick_param(
-                c, val, cfg.data.output_nc, lambda o, t: psnr(o, t, reduction="none")
-            )
-        methods["classical"] = c.make(param, cfg.data.output_nc)
-        labels["classical"] = f"{task}: " + c.label.format(p=param)
-    return methods, labels
 
 
 def _eval_batches(
@@ -386,77 +338,3 @@ def _grid_png(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> by
     from p2p.data.images import encode_png
 
     return encode_png(render_grid(rows))
-
-
-UNITS = {"l1": "mean |output - target| on [-1, 1]", "psnr": "dB", "ssim": "0..1"}
-UNITS.update({"lpips": "lower is better", "fid": "lower is better"})
-
-
-def _index_html(
-    m: dict[str, Any], n_rows: int, *, model_name: str, version: str | None = None
-) -> str:
-    e = html.escape
-    version = version or f"{Path(m['checkpoint']).name} (sha256 {m['checkpoint_sha256'][:12]})"
-
-    def row(name: str, v: float, unit: str) -> str:
-        return f"<tr><th>{e(name)}</th><td>{v:.4f}</td><td>{e(unit)}</td></tr>"
-
-    scores = [(k, m[k]) for k in ("l1", "psnr", "ssim", "lpips", "fid") if k in m]
-    rows = "".join(row(k, v, UNITS[k]) for k, v in scores)
-    labels = m.get("baseline_labels") or {}
-    for name, base in (m.get("baselines") or {}).items():
-        margin = m.get("margins_psnr", {}).get(name)
-        what = e(labels.get(name, name))
-        rows += "".join(
-            row(f"{k}, baseline: {labels.get(name, name)}", base[k], UNITS[k]) for k in base
-        )
-        if margin is not None:
-            rows += f"<tr><th>psnr margin over {what}</th><td>{margin:+.2f}</td><td>dB</td></tr>"
-    rows += "".join(
-        f"<tr><th>{e(k)}</th><td colspan=2>unavailable: {e(str(r))}</td></tr>"
-        for k, r in m.get("unavailable", {}).items()
-    )
-    used = " (the mode of the scores above)"
-    modes = "".join(
-        f"<tr><th>{e(mode)}{used if mode == m['inference_mode'] else ''}</th>"
-        + "".join(f"<td>{s[k]:.4f} {e(UNITS[k] if k == 'psnr' else '')}</td>" for k in s)
-        + "</tr>"
-        for mode, s in (m.get("modes_val") or {}).items()
-    )
-    modes_table = (
-        f"<h2>Inference modes on val</h2><table><tr><th>mode</th><th>l1</th><th>psnr</th>"
-        f"<th>ssim</th></tr>{modes}</table>"
-        if modes
-        else ""
-    )
-    info = "".join(
-        f"<tr><th>{e(k)}</th><td><code>{e(str(m[k]))}</code></td></tr>"
-        for k in (
-            "split",
-            "n_samples",
-            "inference_mode",
-            "seed",
-            "checkpoint",
-            "checkpoint_sha256",
-            "shards",
-            "data_version",
-            "testset",
-            "created",
-        )
-        if k in m
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>p2p evaluation: {e(model_name)}</title>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
-th,td{{text-align:left;padding:2px 12px}} img{{image-rendering:pixelated;max-width:100%}}</style>
-</head><body>
-<h1>{e(model_name)}: {e(m["split"])} split</h1>
-<p>model <code>{e(version)}</code>, {m["n_samples"]} {e(m["split"])} images, inference mode
-<b>{e(m["inference_mode"])}</b></p>
-<h2>Metrics</h2><table><tr><th>metric</th><th>value</th><th>unit</th></tr>{rows}</table>
-{modes_table}
-<h2>Samples</h2><p>{n_rows} test images, one per row: input | output | target</p>
-<img src="{SAMPLES_FILE}" alt="input | output | target">
-<h2>Details</h2><table>{info}</table>
-</body></html>
-"""
