@@ -8,8 +8,8 @@ Where a test goes (the folder says how it runs; the marks follow the folders):
     tests/integration  real Ray / S3 (moto) / MLflow / Prefect / DVC, torch.compile, or
                        full-size data: every test here is marked `slow` by
                        tests/integration/conftest.py.
-    tests/gpu          needs CUDA (`gpu` mark). A `gpu` test that compares with a CPU test may
-                       sit beside it in tests/unit; every `gpu` test skips where there is no CUDA.
+    tests/gpu          needs CUDA: every test here is `gpu`-marked, and skips where there is
+                       no CUDA. None may sit in tests/unit (collection fails if one does).
 
 Helpers shared by several test files are modules in tests/ (on the path: pyproject's pytest
 `pythonpath`): data_fixtures.py, download_fixtures.py, step_paths.py.
@@ -47,13 +47,14 @@ UNIT = Path(__file__).parent / "unit"
 
 
 def pytest_collection_modifyitems(config, items):
-    """No slow test in tests/unit (module docstring); `gpu` tests run only where CUDA is
-    available (the lent GPU machine)."""
-    slow_units = [i.nodeid for i in items if "slow" in i.keywords and UNIT in Path(i.path).parents]
-    if slow_units:
-        raise pytest.UsageError(
-            f"{slow_units[0]}: marked slow but in tests/unit; move it to tests/integration"
-        )
+    """No slow or gpu test in tests/unit (module docstring); `gpu` tests run only where CUDA
+    is available (the lent GPU machine)."""
+    for mark, home in (("slow", "tests/integration"), ("gpu", "tests/gpu")):
+        misplaced = [i.nodeid for i in items if mark in i.keywords and UNIT in Path(i.path).parents]
+        if misplaced:
+            raise pytest.UsageError(
+                f"{misplaced[0]}: marked {mark} but in tests/unit; move it to {home}"
+            )
     try:
         import torch
 
