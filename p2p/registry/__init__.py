@@ -26,6 +26,9 @@ Tags on each version (keys are stable: flows and deployment teams read them):
     lineage.train_keys_*      sha256 / count / shards of the training keys (artifact
                               lineage/train_keys.txt of the version's run)
     metric.<name>             test metrics (l1, psnr, ssim, ...), eval.* how they were measured
+    baseline.<name>[.<metric>] the trivial baselines on the same test images (input, untrained,
+                              classical: what each is, and its scores); margin.<name>.psnr the
+                              model's PSNR minus the baseline's (dB); eval.beats_baselines
     onnx.*                    how the ONNX export was verified (onnx.mode: its inference mode)
     serving.inference_mode    the mode the pyfunc and ONNX serve (eval.inference_mode: scored)
     gate.*                    the promotion decision, both scores, the metric and margin, and
