@@ -5,12 +5,17 @@
   schemes served, and nothing is written anywhere;
 - a new store is one `Storage` subclass registered under its scheme: the in-memory backend
   below (a complete, real implementation) serves every public function, which is the whole
-  claim that GCS or Azure would be one new module.
+  claim that GCS or Azure would be one new module;
+- the conditional writes (create if absent, replace / delete if at a version) are
+  compare-and-swap on every backend, and the run lease built on them works on a scheme
+  registered by a test (mem://) with no lease code for it.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,12 +29,41 @@ from p2p.errors import P2PError
 
 
 class MemStorage(Storage):
-    """`mem://name/key`: objects in a dict, for tests (a whole backend in ~40 lines)."""
+    """`mem://name/key`: objects in a dict, for tests (a whole backend in ~60 lines)."""
 
     scheme = "mem"
 
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self._cas = threading.Lock()  # makes each conditional write one step
+
+    def _version(self, url: str) -> str | None:
+        return str(id(self.objects[url])) if url in self.objects else None
+
+    def create_if_absent(self, url: str, data: bytes) -> str | None:
+        with self._cas:
+            if url in self.objects:
+                return None
+            self.objects[url] = (bytes(data), {})
+            return self._version(url)
+
+    def read_versioned(self, url: str) -> tuple[bytes, str] | None:
+        with self._cas:
+            return (self.objects[url][0], self._version(url)) if url in self.objects else None
+
+    def replace_if(self, url: str, version: str, data: bytes) -> str | None:
+        with self._cas:
+            if self._version(url) != version:
+                return None
+            self.objects[url] = (bytes(data), {})
+            return self._version(url)
+
+    def delete_if(self, url: str, version: str) -> bool:
+        with self._cas:
+            if self._version(url) != version:
+                return False
+            del self.objects[url]
+            return True
 
     def upload_file(
         self, local: Path, url: str, *, metadata: dict[str, str] | None = None, **options: Any
@@ -220,3 +254,79 @@ def test_unreadable_run_folder_is_an_error_not_a_fresh_run(mem, monkeypatch):
 
     monkeypatch.setattr(mem, "list_urls", missing)
     assert latest_checkpoint("mem://bucket/runs", "r1") is None  # nothing there: a new run
+
+
+@pytest.fixture(params=["local", "s3", "mem"])
+def any_store(request, tmp_path) -> str:
+    """A folder (local path or URL) on each kind of backend."""
+    if request.param == "local":
+        return str(tmp_path / "store")
+    if request.param == "s3":
+        return f"s3://{request.getfixturevalue('s3_bucket')}/store"
+    request.getfixturevalue("mem")
+    return "mem://bucket/store"
+
+
+def test_conditional_writes_are_compare_and_swap(any_store):
+    url = f"{any_store}/runs/r/p2p.lease"
+    assert storage.read_versioned(url) is None
+    assert storage.replace_if(url, "v0", b"x") is None  # nothing there to replace
+    assert storage.delete_if(url, "v0") is False
+    v1 = storage.create_if_absent(url, b"first")
+    assert v1 and storage.read_versioned(url) == (b"first", v1)
+    assert storage.create_if_absent(url, b"second") is None  # taken: untouched
+    assert storage.read_bytes(url) == b"first"
+
+    v2 = storage.replace_if(url, v1, b"second")
+    assert v2 and v2 != v1 and storage.read_versioned(url) == (b"second", v2)
+    assert storage.replace_if(url, v1, b"stale writer") is None  # v1 is gone
+    assert storage.delete_if(url, v1) is False
+    assert storage.read_bytes(url) == b"second"
+    assert storage.delete_if(url, v2) is True
+    assert not storage.exists(url)
+
+
+def test_racing_replacers_one_wins(any_store):
+    """Eight writers replace the same version at once: exactly one succeeds."""
+    url = f"{any_store}/race"
+    v1 = storage.create_if_absent(url, b"start")
+    barrier = threading.Barrier(8)
+    results: list[str | None] = [None] * 8
+
+    def go(i: int) -> None:
+        barrier.wait()
+        results[i] = storage.replace_if(url, v1, b"writer %d" % i)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, v in enumerate(results) if v is not None]
+    assert len(winners) == 1, results
+    assert storage.read_bytes(url) == b"writer %d" % winners[0]
+
+
+def test_a_new_scheme_gets_the_run_lease(mem):
+    """The lease (one driver per run, stale leases taken over) on mem://, with no lease code
+    for the scheme: it only uses the storage API."""
+    from p2p.training.lease import Lease, LeaseHeld, lease_url, read_lease
+
+    url = lease_url("mem://bucket/runs", "r1")
+    assert url == "mem://bucket/runs/r1/p2p.lease"
+    first = Lease(url, "r1", ttl_s=60).acquire()
+    first._stop.set()  # no heartbeats: we age it by hand below
+    with pytest.raises(LeaseHeld, match="run r1 is already being trained"):
+        Lease(url, "r1").acquire()
+    assert first.renew() and read_lease(url).owner == first.owner
+
+    body = json.loads(mem.objects[url][0])  # the driver dies: its lease goes stale
+    body["renewed"] -= 61
+    storage.write_bytes(url, json.dumps(body).encode())
+    heir = Lease(url, "r1", ttl_s=60).acquire()
+    assert read_lease(url).owner == heir.owner
+    assert not first.renew() and first.lost
+    first.release()  # lost: leaves the heir's lease alone
+    assert read_lease(url).owner == heir.owner
+    heir.release()
+    assert url not in mem.objects

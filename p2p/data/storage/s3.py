@@ -11,7 +11,11 @@ Failure model:
   CompleteMultipartUpload succeeds, and a failed multipart upload is aborted, so a failed upload
   leaves nothing under the final key (and never a truncated object);
 - `open_url` streams an S3 object and, if the connection drops mid-stream, resumes from the
-  current offset with a ranged GET pinned to the same ETag.
+  current offset with a ranged GET pinned to the same ETag;
+- conditional writes (S3, MinIO and moto support them) use the ETag as the version:
+  `create_if_absent` is a PUT with `If-None-Match: *`, `replace_if` a PUT and `delete_if` a
+  DELETE with `If-Match: <etag>`; a 412 (precondition failed) or 409 (a concurrent conditional
+  write won) means another writer got there first. botocore retries them on transient errors.
 """
 
 from __future__ import annotations
@@ -184,6 +188,18 @@ def _retry(what: str, fn: Callable[[], T], attempts: int) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+# HTTP statuses of a conditional write that lost: precondition failed, concurrent write won.
+_LOST_RACE = (409, 412)
+
+
+def _http_status(exc: BaseException) -> int:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return 0
+
+
 def _wrap(url: str, action: str, exc: Exception) -> StorageError:
     code = _error_code(exc)
     if code in _MISSING_CODES:
@@ -314,6 +330,42 @@ class S3Storage(Storage):
         except Exception as e:
             raise _wrap(prefix, "list", e) from e
         return sorted(out)
+
+    def _put_if(self, url: str, data: bytes, **condition: str) -> str | None:
+        bucket, key = split_s3_url(url)
+        try:
+            out = _default_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        except Exception as e:
+            if _http_status(e) in _LOST_RACE or _error_code(e) == "NoSuchKey":  # If-Match: gone
+                return None
+            raise _wrap(url, "conditional write", e) from e
+        return str(out["ETag"])
+
+    def create_if_absent(self, url: str, data: bytes) -> str | None:
+        return self._put_if(url, data, IfNoneMatch="*")
+
+    def read_versioned(self, url: str) -> tuple[bytes, str] | None:
+        bucket, key = split_s3_url(url)
+        try:
+            out = _default_client().get_object(Bucket=bucket, Key=key)
+            return out["Body"].read(), str(out["ETag"])
+        except Exception as e:
+            if _error_code(e) in _MISSING_CODES:
+                return None
+            raise _wrap(url, "read", e) from e
+
+    def replace_if(self, url: str, version: str, data: bytes) -> str | None:
+        return self._put_if(url, data, IfMatch=version)
+
+    def delete_if(self, url: str, version: str) -> bool:
+        bucket, key = split_s3_url(url)
+        try:
+            _default_client().delete_object(Bucket=bucket, Key=key, IfMatch=version)
+        except Exception as e:
+            if _http_status(e) in _LOST_RACE or _error_code(e) in _MISSING_CODES:
+                return False
+            raise _wrap(url, "conditional delete", e) from e
+        return True
 
     def ray_storage(self, url: str) -> tuple[str, Any]:
         """A pyarrow S3 filesystem from the URL (pyarrow reads AWS_ENDPOINT_URL, the region and
