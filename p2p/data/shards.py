@@ -32,17 +32,18 @@ tar is hashed while it is written. Readers verify every shard against index.json
 `p2p.data.dataset.iter_tar_samples`) and treat index.json itself as untrusted (`ShardIndex`).
 
 Atomicity: local output is built in a temp dir beside `out` (`.NAME.tmp-PID-HEX`) and renamed
-into place. S3 output is streamed: each finished shard is uploaded at once by a small thread
-pool (at most a few shards are staged on local disk, in `TMPDIR/p2p-shards-PID-HEX`), shards
-whose name and sha256 the old index already lists are not uploaded, index.json is replaced
-LAST (one atomic PUT), and only then are shards the new index no longer names deleted. A run
-killed at any point leaves the old index and every shard it names in place; its temp folder
-is removed by the next run (temp folders of dead processes are cleaned at start).
+into place. Output to a URL (S3, or any scheme p2p.data.storage serves) is streamed: each
+finished shard is uploaded at once by a small thread pool (at most a few shards are staged on
+local disk, in `TMPDIR/p2p-shards-PID-HEX`), shards whose name and sha256 the old index
+already lists are not uploaded, index.json is replaced LAST (one atomic write), and only then
+are shards the new index no longer names deleted. A run killed at any point leaves the old
+index and every shard it names in place; its temp folder is removed by the next run (temp
+folders of dead processes are cleaned at start).
 
 Distributed (`p2p data shard --address`, `write_shards(executor=...)`): each bucket is one
 Ray task. The driver reads the bucket's files (workers need not see them) and ships the bytes;
 the task encodes, builds the bucket's tars with the same writer and sends them back (not those
-the old S3 index already holds); the driver writes them to its workdir and publishes them as
+the old index already holds); the driver writes them to its workdir and publishes them as
 above, in bucket order. Output, index.json and every guarantee above are the same as a local run.
 
 Modules: `shard_index` (the typed index, validation), `shard_tar` (the deterministic tar
@@ -83,7 +84,7 @@ from p2p.data.shard_index import (
     shard_urls,
     write_keys,
 )
-from p2p.data.shard_publish import STAGED_MAX, UPLOAD_THREADS, _local_workdir, _S3Sink, _Sink
+from p2p.data.shard_publish import STAGED_MAX, UPLOAD_THREADS, _local_workdir, _RemoteSink, _Sink
 from p2p.data.shard_tar import _BLOCK, _member_header, _Sample, _ShardWriter
 from p2p.errors import DataError
 
@@ -157,9 +158,9 @@ def write_shards(
         raise DataError(f"{raw_dir}: the manifest lists no pairs")
     out_s = str(out)
     say = progress or (lambda line: log.info("%s", line))
-    s3 = storage.is_s3_url(out_s)
+    remote = not storage.is_local(out_s)  # any URL (s3://, or a scheme registered later)
     old = None
-    if s3:
+    if remote:
         storage.list_urls(out_s)  # fail fast (missing bucket, no access) before any work
         try:
             old = read_index(out_s)
@@ -167,7 +168,7 @@ def write_shards(
             old = None
 
     workdir = _local_workdir(out_s)
-    sink: _Sink = _S3Sink(out_s, old, say) if s3 else _Sink()
+    sink: _Sink = _RemoteSink(out_s, old, say) if remote else _Sink()
     try:
         known = {s.name: s.sha256 for s in old.all_shards()} if old else {}
         splits, skipped = _write_tars(
@@ -176,7 +177,7 @@ def write_shards(
         index = _make_index(manifest, Path(raw_dir), data, max_count, max_size, splits, skipped)
         (workdir / INDEX).write_bytes(_index_bytes(index))
         write_keys(workdir, out_s, manifest, index)  # keys-{split}.txt (uploaded before index)
-        if s3:
+        if remote:
             sink.publish(workdir / INDEX, index)
         else:
             swap_dir_into_place(workdir, Path(out_s))

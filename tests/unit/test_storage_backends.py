@@ -330,3 +330,49 @@ def test_a_new_scheme_gets_the_run_lease(mem):
     assert read_lease(url).owner == heir.owner
     heir.release()
     assert url not in mem.objects
+
+
+def test_shards_to_a_new_scheme_take_the_remote_path(mem, tmp_path, monkeypatch):
+    """`write_shards` to a URL of any registered scheme streams shards, key files and
+    index.json to it (the path S3 takes); the set is byte-identical to a local write and
+    nothing lands on local disk under a `mem:` folder."""
+    from data_fixtures import noise
+    from PIL import Image
+
+    from p2p.config import DataConfig
+    from p2p.data.shards import read_index, write_shards
+    from p2p.data.writer import DatasetWriter
+
+    monkeypatch.chdir(tmp_path)  # the old code took the URL for a relative local path
+    data = DataConfig(load_size=36, crop_size=32, shard_max_count=2, loader_workers=0)
+    with DatasetWriter(tmp_path / "raw", "syn") as w:
+        for split, n in {"train": 3, "val": 2}.items():
+            for i in range(n):
+                a = noise(32, 32, seed=10 * len(split) + i)
+                w.add(f"{split}{i}", split, Image.fromarray(a), Image.fromarray(255 - a))
+        w.commit(data=data, report={}, warnings=[])
+    write_shards(tmp_path / "raw", tmp_path / "local", data)
+    url = "mem://bucket/shards/syn"
+    index = write_shards(tmp_path / "raw", url, data)
+
+    local = {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir()}
+    remote = {u.rsplit("/", 1)[1]: mem.objects[u][0] for u in storage.list_urls(url)}
+    assert remote == local and "keys-train.txt" in remote and "index.json" in remote
+    assert read_index(url) == index
+    assert not (tmp_path / "mem:").exists()
+
+
+def test_batch_predict_plans_on_a_new_scheme(mem):
+    """Batch prediction lists inputs and existing outputs of any registered scheme (resuming
+    a job skips what is there) and refuses an output inside the input there too."""
+    from p2p.batch_predict import plan
+    from p2p.errors import P2PError
+
+    for name in ("a.jpg", "sub/b.png", ".hidden/c.png", "notes.txt"):
+        storage.write_bytes(f"mem://b/in/{name}", b"img")
+    storage.write_bytes("mem://b/out/a.png", b"done")  # written by an earlier run
+    p = plan("mem://b/in", "mem://b/out")
+    assert p.total == 2 and p.skipped == 1 and not p.failed
+    assert p.todo == [("mem://b/in/sub/b.png", "mem://b/out/sub/b.png")]
+    with pytest.raises(P2PError, match="must not be inside the input"):
+        plan("mem://b/in", "mem://b/in/out")
