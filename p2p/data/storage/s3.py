@@ -11,7 +11,7 @@ Failure model:
   CompleteMultipartUpload succeeds, and a failed multipart upload is aborted, so a failed upload
   leaves nothing under the final key (and never a truncated object);
 - `open_url` streams an S3 object and, if the connection drops mid-stream, resumes from the
-  current offset with a ranged GET pinned to the same ETag;
+  current offset with a ranged GET pinned to the same ETag (p2p.data.storage.s3_stream);
 - conditional writes (S3, MinIO and moto support them) use the ETag as the version:
   `create_if_absent` is a PUT with `If-None-Match: *`, `replace_if` a PUT and `delete_if` a
   DELETE with `If-Match: <etag>`; a 412 (precondition failed) or 409 (a concurrent conditional
@@ -20,7 +20,6 @@ Failure model:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -289,6 +288,8 @@ class S3Storage(Storage):
     def open_url(self, url: str, *, buffer_size: int = 1 << 20) -> IO[bytes]:
         """Streams survive dropped connections: they reopen at the current offset (ranged GET,
         If-Match on the first ETag so a concurrently replaced object is an error, not a mix)."""
+        from p2p.data.storage.s3_stream import _S3Stream  # imports this module: not at the top
+
         bucket, key = split_s3_url(url)
         raw = _S3Stream(url, bucket, key, _default_client())
         return io.BufferedReader(raw, buffer_size=buffer_size)
@@ -380,62 +381,3 @@ class S3Storage(Storage):
 
     def is_transient_error(self, exc: BaseException) -> bool:
         return is_transient_s3_error(exc)
-
-
-class _S3Stream(io.RawIOBase):
-    """Raw stream over one S3 object that resumes after transient read errors."""
-
-    def __init__(self, url: str, bucket: str, key: str, client: Any) -> None:
-        super().__init__()
-        self.url, self.bucket, self.key, self.client = url, bucket, key, client
-        self.pos = 0
-        self.etag: str | None = None
-        self.size: int | None = None
-        self.body: Any = None
-        self._connect()
-
-    def _connect(self) -> None:
-        kw: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
-        if self.etag is not None:  # a resume: same object version, from where we stopped
-            kw.update(Range=f"bytes={self.pos}-", IfMatch=self.etag)
-        try:
-            resp = _retry(f"get {self.url}", lambda: self.client.get_object(**kw), READ_ATTEMPTS)
-        except Exception as e:
-            raise _wrap(self.url, "read", e) from e
-        if self.etag is None:
-            self.etag, self.size = resp["ETag"], resp["ContentLength"]
-        self.body = resp["Body"]
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        if self.size is not None and self.pos >= self.size:
-            return 0
-        for attempt in range(1, READ_ATTEMPTS + 1):
-            try:
-                data = self.body.read(len(b))
-                if not data:  # early EOF: the connection closed before Content-Length
-                    raise ConnectionError(f"stream ended at byte {self.pos} of {self.size}")
-                n = len(data)
-                b[:n] = data
-                self.pos += n
-                return n
-            except Exception as e:
-                if attempt == READ_ATTEMPTS or not is_transient_s3_error(e):
-                    raise StorageError(f"{self.url}: read failed at byte {self.pos}: {e}") from e
-                log.warning("%s: %s; reconnecting at byte %d", self.url, e, self.pos)
-                time.sleep(0.2 * attempt)
-                self._close_body()
-                self._connect()
-        return 0  # pragma: no cover
-
-    def _close_body(self) -> None:
-        if self.body is not None:
-            with contextlib.suppress(Exception):  # closing a broken connection may fail
-                self.body.close()
-            self.body = None
-
-    def close(self) -> None:
-        self._close_body()
-        super().close()
