@@ -376,3 +376,30 @@ def test_batch_predict_plans_on_a_new_scheme(mem):
     assert p.todo == [("mem://b/in/sub/b.png", "mem://b/out/sub/b.png")]
     with pytest.raises(P2PError, match="must not be inside the input"):
         plan("mem://b/in", "mem://b/in/out")
+
+
+def test_local_lock_of_a_crashed_writer_is_broken(tmp_path, monkeypatch):
+    """Locally, replace_if / delete_if hold `<name>.lock`: a lock older than LOCK_STALE_S
+    (its writer died inside the compare-and-rename) is broken; a live one makes the write
+    wait, then fail with one line naming the lock (a heartbeat retries at its next beat)."""
+    import os
+
+    from p2p.data.storage import local
+
+    url = str(tmp_path / "run" / "p2p.lease")
+    v1 = storage.create_if_absent(url, b"one")
+    lock = tmp_path / "run" / "p2p.lease.lock"
+    lock.touch()
+    old = lock.stat().st_mtime - local.LOCK_STALE_S - 1
+    os.utime(lock, (old, old))
+    v2 = storage.replace_if(url, v1, b"two")  # the dead writer's lock was broken
+    assert v2 and storage.read_bytes(url) == b"two" and not lock.exists()
+
+    lock.touch()  # a live writer holds it
+    monkeypatch.setattr(local, "LOCK_WAIT_S", 0.2)
+    with pytest.raises(StorageError, match=r"p2p.lease: another writer holds p2p.lease.lock"):
+        storage.replace_if(url, v2, b"three")
+    assert storage.read_bytes(url) == b"two"
+    lock.unlink()
+    assert storage.delete_if(url, v2) and not storage.exists(url)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == []  # no temp files left
