@@ -16,8 +16,8 @@ How it runs:
   resolved to a version once, on the driver, so a promotion during the job cannot mix two
   models), or a checkpoint file read on the driver and shipped through the object store (the
   nodes need not see the driver's files).
-- Each output is written atomically: local files by p2p.atomic (temp name, then rename); S3
-  objects by one PUT (an object appears whole or not at all).
+- Each output is written atomically: p2p.data.storage (local files: temp name, then
+  rename; S3 objects: one PUT; an output appears whole or not at all).
 - A bad input (unreadable, corrupt, wrong channels) fails that file only: it is named, with the
   reason, in the summary. `OUT/_summary.json` holds the counts (total, written, skipped, failed
   with file + reason), the model URI and version, the mode, and the nodes that did the work.
@@ -60,14 +60,14 @@ class Plan:
 
 def _relative(url: str, root: str) -> str:
     """`url` below the folder / prefix `root`, as a posix path."""
-    if storage.is_s3_url(root):
+    if not storage.is_local(root):
         return url[len(root.rstrip("/")) + 1 :]
     return Path(url).relative_to(root).as_posix()
 
 
 def plan(inp: str, out: str) -> Plan:
     """List the inputs under `inp` and the existing outputs under `out` (one listing each)."""
-    local_in = not storage.is_s3_url(inp)
+    local_in = storage.is_local(inp)
     if local_in and not Path(inp).is_dir():
         what = "is a file: without --ray/--address" if Path(inp).is_file() else "not found:"
         raise DataError(f"{inp}: input {what} batch prediction needs a folder or s3:// prefix")
@@ -102,9 +102,9 @@ def _exts() -> set[str]:
 
 
 def _inside(out: str, inp: str) -> bool:
-    if storage.is_s3_url(out) != storage.is_s3_url(inp):
+    if storage.scheme_of(out) != storage.scheme_of(inp):
         return False
-    if storage.is_s3_url(out):
+    if not storage.is_local(out):
         o, i = out.rstrip("/") + "/", inp.rstrip("/") + "/"
         return o.startswith(i) or i.startswith(o)
     o, i = Path(out).resolve(), Path(inp).resolve()
@@ -188,20 +188,13 @@ class _Translator:
 
 
 def _read(src: str) -> bytes:
-    if storage.is_s3_url(src):
-        return storage.read_bytes(src)
-    return Path(src).read_bytes()
+    return storage.read_bytes(src)
 
 
 def _write(img: Any, dst: str) -> None:
     buf = io.BytesIO()
     img.save(buf, format="PNG")  # as single-process predict writes a .png
-    if storage.is_s3_url(dst):
-        storage.write_bytes(dst, buf.getvalue())  # one PUT: atomic
-    else:
-        from p2p.atomic import write_bytes_atomic
-
-        write_bytes_atomic(dst, buf.getvalue())
+    storage.write_bytes(dst, buf.getvalue())  # atomic on every backend
 
 
 def _reason(e: BaseException, name: str) -> str:
@@ -266,12 +259,7 @@ def run(args: argparse.Namespace) -> int:
     )
     where = storage.join_url(args.output, SUMMARY)
     text = json.dumps(summary, indent=2) + "\n"
-    if storage.is_s3_url(where):
-        storage.write_bytes(where, text.encode())
-    else:
-        from p2p.atomic import write_text_atomic
-
-        write_text_atomic(where, text)
+    storage.write_bytes(where, text.encode())
     c = summary["counts"]
     for f in failed[:20]:
         print(f"failed {f['file']}: {f['reason']}", file=sys.stderr)

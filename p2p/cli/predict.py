@@ -74,10 +74,11 @@ def run_predict(args: argparse.Namespace) -> int:
     import torch
 
     from p2p.data.images import is_image_file, open_image
+    from p2p.data.storage import is_local
     from p2p.errors import DataError, P2PError
     from p2p.inference import DEFAULT_SEED, geometry, mode_of, translate
 
-    if args.ray or args.address or any(a.startswith("s3://") for a in (args.input, args.output)):
+    if args.ray or args.address or not all(is_local(a) for a in (args.input, args.output)):
         from p2p.batch_predict import run
 
         return run(args)

@@ -262,7 +262,7 @@ def _keys_bytes(entry: SplitInfo, keys: list[str]) -> bytes:
 
 def write_keys(workdir: Path, out: str, manifest: Any, index: ShardIndex) -> None:
     """Write `keys-{split}.txt` of every split of a freshly written shard set into `workdir`
-    (and, when `out` is S3, upload them now: before index.json, which the caller replaces last).
+    (and, when `out` is a URL, upload them now: before index.json, which the caller replaces last).
 
     The keys are the manifest's pairs of the split minus the pairs `index.skipped` names (what
     the shard writer wrote); a split whose count then differs from the index gets no key file
@@ -285,7 +285,7 @@ def write_keys(workdir: Path, out: str, manifest: Any, index: ShardIndex) -> Non
         name = KEYS.format(split=split)
         data = _keys_bytes(entry, keys)
         (workdir / name).write_bytes(data)
-        if storage.is_s3_url(out):
+        if not storage.is_local(out):
             storage.write_bytes(storage.join_url(out, name), data)
 
 

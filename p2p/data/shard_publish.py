@@ -1,6 +1,6 @@
-"""Where `p2p.data.shards` puts finished shards: a local temp dir renamed into place, or S3 (a
-bounded staging pool of uploads, index.json replaced last, then stale shards deleted); temp
-folders of killed runs are cleaned at start."""
+"""Where `p2p.data.shards` puts finished shards: a local temp dir renamed into place, or a URL
+(S3 or any scheme of p2p.data.storage: a bounded staging pool of uploads, index.json replaced
+last, then stale shards deleted); temp folders of killed runs are cleaned at start."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from p2p.errors import DataError
 
 log = logging.getLogger("p2p.data.shards")  # the logger of the shard stage, as before the split
 
-UPLOAD_THREADS = 4  # S3: shards uploaded at once
-STAGED_MAX = 2 * UPLOAD_THREADS  # S3: finished shards on local disk at most (queued + uploading)
+UPLOAD_THREADS = 4  # URL output: shards uploaded at once
+STAGED_MAX = 2 * UPLOAD_THREADS  # URL output: shards on local disk at most (queued + uploading)
 _WORKDIR = re.compile(r"(?:p2p-shards|\..+\.tmp)-(?P<pid>\d+)-[0-9a-f]{8}")
 
 
@@ -52,9 +52,10 @@ def _clean_stale(parent: Path, prefix: str) -> None:
 
 def _local_workdir(out: str) -> Path:
     """A fresh temp dir: beside a local `out` (same filesystem, so the final rename is atomic),
-    or `TMPDIR/p2p-shards-PID-HEX` for S3 output. Stale ones of killed runs are removed first."""
+    or `TMPDIR/p2p-shards-PID-HEX` for output to a URL. Stale ones of killed runs are removed
+    first."""
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    if storage.is_s3_url(out):
+    if not storage.is_local(out):
         tmp_root = Path(tempfile.gettempdir())
         _clean_stale(tmp_root, "p2p-shards-")
         tmp = tmp_root / f"p2p-shards-{tag}"
@@ -89,7 +90,7 @@ class _Sink:
 
 
 @dataclass
-class _S3Sink(_Sink):
+class _RemoteSink(_Sink):
     """Uploads each finished shard at once (a few in parallel; the writer waits when
     STAGED_MAX shards are on local disk), then index.json, then deletes stale shards."""
 

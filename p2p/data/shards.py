@@ -32,30 +32,30 @@ tar is hashed while it is written. Readers verify every shard against index.json
 `p2p.data.dataset.iter_tar_samples`) and treat index.json itself as untrusted (`ShardIndex`).
 
 Atomicity: local output is built in a temp dir beside `out` (`.NAME.tmp-PID-HEX`) and renamed
-into place. S3 output is streamed: each finished shard is uploaded at once by a small thread
-pool (at most a few shards are staged on local disk, in `TMPDIR/p2p-shards-PID-HEX`), shards
-whose name and sha256 the old index already lists are not uploaded, index.json is replaced
-LAST (one atomic PUT), and only then are shards the new index no longer names deleted. A run
-killed at any point leaves the old index and every shard it names in place; its temp folder
-is removed by the next run (temp folders of dead processes are cleaned at start).
+into place. Output to a URL (S3, or any scheme p2p.data.storage serves) is streamed: each
+finished shard is uploaded at once by a small thread pool (at most a few shards are staged on
+local disk, in `TMPDIR/p2p-shards-PID-HEX`), shards whose name and sha256 the old index
+already lists are not uploaded, index.json is replaced LAST (one atomic write), and only then
+are shards the new index no longer names deleted. A run killed at any point leaves the old
+index and every shard it names in place; its temp folder is removed by the next run (temp
+folders of dead processes are cleaned at start).
 
 Distributed (`p2p data shard --address`, `write_shards(executor=...)`): each bucket is one
 Ray task. The driver reads the bucket's files (workers need not see them) and ships the bytes;
 the task encodes, builds the bucket's tars with the same writer and sends them back (not those
-the old S3 index already holds); the driver writes them to its workdir and publishes them as
+the old index already holds); the driver writes them to its workdir and publishes them as
 above, in bucket order. Output, index.json and every guarantee above are the same as a local run.
 
 Modules: `shard_index` (the typed index, validation), `shard_tar` (the deterministic tar
-writer), `shard_publish` (local swap, S3 uploads, stale temp cleanup); this module assigns
-pairs to buckets, encodes them and runs the whole write. Their public names are re-exported here.
+writer), `shard_pack` (a pair's files -> a tar sample; a bucket's tars in a remote task),
+`shard_publish` (local swap, uploads to a URL, stale temp cleanup); this module assigns pairs
+to buckets and runs the whole write. Their public names are re-exported here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
-import json
 import logging
 import math
 import os
@@ -83,14 +83,16 @@ from p2p.data.shard_index import (
     shard_urls,
     write_keys,
 )
-from p2p.data.shard_publish import STAGED_MAX, UPLOAD_THREADS, _local_workdir, _S3Sink, _Sink
-from p2p.data.shard_tar import _BLOCK, _member_header, _Sample, _ShardWriter
+from p2p.data.shard_pack import JPEG_QUALITY, _encode_pair, _pack_bucket, _read_pair
+from p2p.data.shard_publish import STAGED_MAX, UPLOAD_THREADS, _local_workdir, _RemoteSink, _Sink
+from p2p.data.shard_tar import _BLOCK, _member_header, _ShardWriter
 from p2p.errors import DataError
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "INDEX",
+    "JPEG_QUALITY",
     "STAGED_MAX",
     "UPLOAD_THREADS",
     "ShardIndex",
@@ -104,10 +106,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-JPEG_QUALITY = 95  # data.image_format = "jpg": fixed settings, 4:4:4 chroma
 ASSIGN_SEED = "p2p-shards-assign-v2"  # fixed: the assignment is part of the format
 FILL = 0.75  # average bucket fill aimed at, as a fraction of the shard limits
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # `p2p data shard --address`: bytes of buckets in flight at most (inputs shipped out, tars back)
 REMOTE_BUFFER = 4 * 2**30
 
@@ -157,9 +157,9 @@ def write_shards(
         raise DataError(f"{raw_dir}: the manifest lists no pairs")
     out_s = str(out)
     say = progress or (lambda line: log.info("%s", line))
-    s3 = storage.is_s3_url(out_s)
+    remote = not storage.is_local(out_s)  # any URL (s3://, or a scheme registered later)
     old = None
-    if s3:
+    if remote:
         storage.list_urls(out_s)  # fail fast (missing bucket, no access) before any work
         try:
             old = read_index(out_s)
@@ -167,7 +167,7 @@ def write_shards(
             old = None
 
     workdir = _local_workdir(out_s)
-    sink: _Sink = _S3Sink(out_s, old, say) if s3 else _Sink()
+    sink: _Sink = _RemoteSink(out_s, old, say) if remote else _Sink()
     try:
         known = {s.name: s.sha256 for s in old.all_shards()} if old else {}
         splits, skipped = _write_tars(
@@ -176,7 +176,7 @@ def write_shards(
         index = _make_index(manifest, Path(raw_dir), data, max_count, max_size, splits, skipped)
         (workdir / INDEX).write_bytes(_index_bytes(index))
         write_keys(workdir, out_s, manifest, index)  # keys-{split}.txt (uploaded before index)
-        if s3:
+        if remote:
             sink.publish(workdir / INDEX, index)
         else:
             swap_dir_into_place(workdir, Path(out_s))
@@ -313,49 +313,6 @@ def _remote_buckets(
         yield split, shards
 
 
-def _pack_bucket(
-    item: tuple[str, int, list[tuple[Any, Any]]],
-    where: tuple[str, Path, DataConfig, tuple[int, int], dict[str, str]],
-) -> tuple[str, list[Any], list[tuple[ShardInfo, bytes | None]], list[str]]:
-    """The body of one remote task: pack one bucket's pairs (bytes included) into its tars.
-    Returns (split, problems, [(shard, tar bytes or None if `known` holds it)], progress)."""
-    import tempfile
-
-    from p2p.data.reports import Problem
-
-    name, root, data, limits, known = where
-    split, bucket, pairs = item
-    problems: list[Any] = []
-    lines: list[str] = []
-    collect = _CollectSink()
-    with tempfile.TemporaryDirectory(prefix="p2p-shard-task-") as tmp:
-        writer = _ShardWriter(Path(tmp), split, bucket, *limits, lines.append, collect)
-        for pair, blobs in pairs:
-            result = (
-                blobs if isinstance(blobs, Problem) else _pack_pair(pair, blobs, name, root, data)
-            )
-            if isinstance(result, Problem):
-                problems.append(result)
-            elif not problems or data.on_error == "skip":
-                writer.add(result)
-        writer.close()
-        tars = [
-            (shard, None if known.get(shard.name) == shard.sha256 else path.read_bytes())
-            for path, shard in collect.shards
-        ]
-    return split, problems, tars, lines
-
-
-class _CollectSink(_Sink):
-    """A remote task's sink: the finished tars stay in its temp dir until they are sent back."""
-
-    def __init__(self) -> None:
-        self.shards: list[tuple[Path, ShardInfo]] = []
-
-    def add(self, path: Path, shard: ShardInfo) -> None:
-        self.shards.append((path, shard))
-
-
 def _assign_hash(split: str, key: str) -> bytes:
     return hashlib.sha256(f"{ASSIGN_SEED}:{split}:{key}".encode()).digest()
 
@@ -383,89 +340,6 @@ def _buckets(
 def _relative(path: str, root: Path) -> str:
     p = Path(path)
     return p.relative_to(root).as_posix() if p.is_relative_to(root) else path
-
-
-def _encode_pair(pair: Any, manifest: Any, data: DataConfig) -> _Sample | Any:
-    """Read and pack one pair (the manifest's hashes and sizes are trusted: import validated
-    them); a reports.Problem if a file cannot be read."""
-    from p2p.data.reports import Problem
-
-    blobs = _read_pair(pair, data)
-    if isinstance(blobs, Problem):
-        return blobs
-    return _pack_pair(pair, blobs, manifest.name, manifest.root, data)
-
-
-def _read_pair(pair: Any, data: DataConfig) -> tuple[bytes, bytes] | Any:
-    """The bytes of A and B, or a reports.Problem (sizes differ, too big, unreadable)."""
-    from p2p.data.reports import Problem
-
-    if tuple(pair.a_size) != tuple(pair.b_size):
-        return Problem(str(pair.a), f"A is {pair.a_size} but its partner {pair.b} is {pair.b_size}")
-    blobs = []
-    for path in (pair.a, pair.b):
-        try:
-            size = path.stat().st_size
-            if size > data.shard_max_member:
-                return Problem(
-                    str(path),
-                    f"{size} bytes, more than data.shard_max_member ({data.shard_max_member})",
-                )
-            blobs.append(path.read_bytes())
-        except OSError as e:
-            return Problem(str(path), f"cannot read file ({e.strerror or e})")
-    return blobs[0], blobs[1]
-
-
-def _pack_pair(
-    pair: Any, blobs: tuple[bytes, bytes], name: str, root: Path, data: DataConfig
-) -> _Sample | Any:
-    """One sample from a pair's bytes (no file access: runs in remote tasks too), or a
-    reports.Problem if an image cannot be re-encoded."""
-    from p2p.data.manifest import side_channels
-    from p2p.data.reports import Problem
-
-    a_blob, b_blob = blobs
-    a_nc, b_nc = side_channels(data)
-    if data.direction == "AtoB":
-        inp, tgt = (a_blob, pair.a, a_nc), (b_blob, pair.b, b_nc)
-    else:
-        inp, tgt = (b_blob, pair.b, b_nc), (a_blob, pair.a, a_nc)
-    ext = data.image_format
-    meta = {
-        "key": pair.key,
-        "split": pair.split,
-        "dataset": name,
-        "direction": data.direction,
-        "a": pair.a.relative_to(root).as_posix(),
-        "b": pair.b.relative_to(root).as_posix(),
-        "a_sha256": pair.a_sha256,
-        "b_sha256": pair.b_sha256,
-        "size": list(pair.a_size),
-    }
-    try:
-        members = (
-            (f"{pair.key}.input.{ext}", _encode(*inp, ext)),
-            (f"{pair.key}.target.{ext}", _encode(*tgt, ext)),
-            (f"{pair.key}.json", json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()),
-        )
-    except DataError as e:
-        return Problem(str(pair.a), str(e))
-    return _Sample(pair.key, members)
-
-
-def _encode(blob: bytes, path: Path, channels: int, ext: str) -> bytes:
-    """Original bytes when they are already in the shard format; else a fixed re-encode."""
-    if ext == "png" and blob.startswith(_PNG_MAGIC):
-        return blob
-    from p2p.data.images import encode_png, open_image
-
-    img = open_image(blob, name=str(path), channels=channels)
-    if ext == "png":
-        return encode_png(img)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling=0, optimize=False)
-    return buf.getvalue()
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:

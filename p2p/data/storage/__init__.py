@@ -9,7 +9,8 @@ found in the explicit registry `BACKENDS`:
 | "s3"   | p2p.data.storage.s3.S3Storage              | `s3://bucket/key`       |
 
 Each backend implements `p2p.data.storage.base.Storage` (writes atomic, streamed reads, a
-missing object is `ObjectNotFound`, other failures one-line `StorageError`s naming the URL).
+missing object is `ObjectNotFound`, other failures one-line `StorageError`s naming the URL,
+conditional writes that are compare-and-swap on one object, which p2p.training.lease uses).
 Another store (GCS, Azure) is one new module with a `Storage` subclass and one line here.
 A URL with any other scheme is refused with a `StorageError` naming it and the schemes served.
 
@@ -48,6 +49,8 @@ __all__ = [
     "Storage",
     "StorageError",
     "backend_for",
+    "create_if_absent",
+    "delete_if",
     "exists",
     "is_local",
     "is_s3_url",
@@ -58,7 +61,9 @@ __all__ = [
     "open_url",
     "ray_storage",
     "read_bytes",
+    "read_versioned",
     "remove",
+    "replace_if",
     "s3_client",
     "scheme_of",
     "split_s3_url",
@@ -175,6 +180,30 @@ def list_urls(prefix: str | os.PathLike, *, suffix: str = "") -> list[str]:
     not `shards/demo-old/...`.
     """
     return backend_for(prefix).list_urls(os.fspath(prefix), suffix=suffix)
+
+
+# ----------------------------------------------------------------------------- conditional writes
+
+
+def create_if_absent(url: str | os.PathLike, data: bytes) -> str | None:
+    """Store `data` at `url` only if nothing is there: its version, or None if something is."""
+    return backend_for(url).create_if_absent(os.fspath(url), data)
+
+
+def read_versioned(url: str | os.PathLike) -> tuple[bytes, str] | None:
+    """(content, version) of a file / object, or None if there is none."""
+    return backend_for(url).read_versioned(os.fspath(url))
+
+
+def replace_if(url: str | os.PathLike, version: str, data: bytes) -> str | None:
+    """Replace the object with `data` if it is still at `version`: the new version, or None
+    if another writer changed (or removed) it first."""
+    return backend_for(url).replace_if(os.fspath(url), version, data)
+
+
+def delete_if(url: str | os.PathLike, version: str) -> bool:
+    """Delete the object if it is still at `version`; False if it changed or is gone."""
+    return backend_for(url).delete_if(os.fspath(url), version)
 
 
 # ----------------------------------------------------------------------------- other libraries

@@ -9,7 +9,12 @@ Contract, for every backend:
   write leaves what was there untouched;
 - a missing object is `ObjectNotFound` (a `StorageError` and a `FileNotFoundError`); any other
   failure is a `StorageError` whose one-line message names the URL and the reason;
-- `list_urls` treats a prefix as a directory (`.../demo` never lists `.../demo-old/...`).
+- `list_urls` treats a prefix as a directory (`.../demo` never lists `.../demo-old/...`);
+- the conditional operations (`create_if_absent`, `read_versioned`, `replace_if`, `delete_if`)
+  are compare-and-swap on one object: of several writers racing on the same version exactly
+  one wins, the others get None / False. A version is an opaque token (S3: the ETag) that
+  changes whenever the object is written. p2p.training.lease builds the run lease on them,
+  so every scheme gets leases.
 """
 
 from __future__ import annotations
@@ -73,6 +78,27 @@ class Storage(ABC):
     @abstractmethod
     def list_urls(self, prefix: str, *, suffix: str = "") -> list[str]:
         """Sorted URLs of every object below `prefix` (recursive) whose name ends in `suffix`."""
+
+    # -- conditional writes (compare-and-swap on one object) --------------------------------
+
+    @abstractmethod
+    def create_if_absent(self, url: str, data: bytes) -> str | None:
+        """Store `data` under `url` only if nothing is there; its version, or None if an
+        object already exists."""
+
+    @abstractmethod
+    def read_versioned(self, url: str) -> tuple[bytes, str] | None:
+        """(content, version) of the object, or None if nothing is at `url`."""
+
+    @abstractmethod
+    def replace_if(self, url: str, version: str, data: bytes) -> str | None:
+        """Replace the object with `data` only if it is still at `version`; the new version,
+        or None if it changed or is gone."""
+
+    @abstractmethod
+    def delete_if(self, url: str, version: str) -> bool:
+        """Delete the object only if it is still at `version`; False if it changed or is
+        gone."""
 
     # -- names --------------------------------------------------------------------------------
 

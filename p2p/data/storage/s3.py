@@ -11,12 +11,15 @@ Failure model:
   CompleteMultipartUpload succeeds, and a failed multipart upload is aborted, so a failed upload
   leaves nothing under the final key (and never a truncated object);
 - `open_url` streams an S3 object and, if the connection drops mid-stream, resumes from the
-  current offset with a ranged GET pinned to the same ETag.
+  current offset with a ranged GET pinned to the same ETag (p2p.data.storage.s3_stream);
+- conditional writes (S3, MinIO and moto support them) use the ETag as the version:
+  `create_if_absent` is a PUT with `If-None-Match: *`, `replace_if` a PUT and `delete_if` a
+  DELETE with `If-Match: <etag>`; a 412 (precondition failed) or 409 (a concurrent conditional
+  write won) means another writer got there first. botocore retries them on transient errors.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -184,6 +187,18 @@ def _retry(what: str, fn: Callable[[], T], attempts: int) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+# HTTP statuses of a conditional write that lost: precondition failed, concurrent write won.
+_LOST_RACE = (409, 412)
+
+
+def _http_status(exc: BaseException) -> int:
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return 0
+
+
 def _wrap(url: str, action: str, exc: Exception) -> StorageError:
     code = _error_code(exc)
     if code in _MISSING_CODES:
@@ -273,6 +288,8 @@ class S3Storage(Storage):
     def open_url(self, url: str, *, buffer_size: int = 1 << 20) -> IO[bytes]:
         """Streams survive dropped connections: they reopen at the current offset (ranged GET,
         If-Match on the first ETag so a concurrently replaced object is an error, not a mix)."""
+        from p2p.data.storage.s3_stream import _S3Stream  # imports this module: not at the top
+
         bucket, key = split_s3_url(url)
         raw = _S3Stream(url, bucket, key, _default_client())
         return io.BufferedReader(raw, buffer_size=buffer_size)
@@ -315,6 +332,42 @@ class S3Storage(Storage):
             raise _wrap(prefix, "list", e) from e
         return sorted(out)
 
+    def _put_if(self, url: str, data: bytes, **condition: str) -> str | None:
+        bucket, key = split_s3_url(url)
+        try:
+            out = _default_client().put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        except Exception as e:
+            if _http_status(e) in _LOST_RACE or _error_code(e) == "NoSuchKey":  # If-Match: gone
+                return None
+            raise _wrap(url, "conditional write", e) from e
+        return str(out["ETag"])
+
+    def create_if_absent(self, url: str, data: bytes) -> str | None:
+        return self._put_if(url, data, IfNoneMatch="*")
+
+    def read_versioned(self, url: str) -> tuple[bytes, str] | None:
+        bucket, key = split_s3_url(url)
+        try:
+            out = _default_client().get_object(Bucket=bucket, Key=key)
+            return out["Body"].read(), str(out["ETag"])
+        except Exception as e:
+            if _error_code(e) in _MISSING_CODES:
+                return None
+            raise _wrap(url, "read", e) from e
+
+    def replace_if(self, url: str, version: str, data: bytes) -> str | None:
+        return self._put_if(url, data, IfMatch=version)
+
+    def delete_if(self, url: str, version: str) -> bool:
+        bucket, key = split_s3_url(url)
+        try:
+            _default_client().delete_object(Bucket=bucket, Key=key, IfMatch=version)
+        except Exception as e:
+            if _http_status(e) in _LOST_RACE or _error_code(e) in _MISSING_CODES:
+                return False
+            raise _wrap(url, "conditional delete", e) from e
+        return True
+
     def ray_storage(self, url: str) -> tuple[str, Any]:
         """A pyarrow S3 filesystem from the URL (pyarrow reads AWS_ENDPOINT_URL, the region and
         boto's credential chain itself) and the `bucket/prefix` path inside it."""
@@ -328,62 +381,3 @@ class S3Storage(Storage):
 
     def is_transient_error(self, exc: BaseException) -> bool:
         return is_transient_s3_error(exc)
-
-
-class _S3Stream(io.RawIOBase):
-    """Raw stream over one S3 object that resumes after transient read errors."""
-
-    def __init__(self, url: str, bucket: str, key: str, client: Any) -> None:
-        super().__init__()
-        self.url, self.bucket, self.key, self.client = url, bucket, key, client
-        self.pos = 0
-        self.etag: str | None = None
-        self.size: int | None = None
-        self.body: Any = None
-        self._connect()
-
-    def _connect(self) -> None:
-        kw: dict[str, Any] = {"Bucket": self.bucket, "Key": self.key}
-        if self.etag is not None:  # a resume: same object version, from where we stopped
-            kw.update(Range=f"bytes={self.pos}-", IfMatch=self.etag)
-        try:
-            resp = _retry(f"get {self.url}", lambda: self.client.get_object(**kw), READ_ATTEMPTS)
-        except Exception as e:
-            raise _wrap(self.url, "read", e) from e
-        if self.etag is None:
-            self.etag, self.size = resp["ETag"], resp["ContentLength"]
-        self.body = resp["Body"]
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        if self.size is not None and self.pos >= self.size:
-            return 0
-        for attempt in range(1, READ_ATTEMPTS + 1):
-            try:
-                data = self.body.read(len(b))
-                if not data:  # early EOF: the connection closed before Content-Length
-                    raise ConnectionError(f"stream ended at byte {self.pos} of {self.size}")
-                n = len(data)
-                b[:n] = data
-                self.pos += n
-                return n
-            except Exception as e:
-                if attempt == READ_ATTEMPTS or not is_transient_s3_error(e):
-                    raise StorageError(f"{self.url}: read failed at byte {self.pos}: {e}") from e
-                log.warning("%s: %s; reconnecting at byte %d", self.url, e, self.pos)
-                time.sleep(0.2 * attempt)
-                self._close_body()
-                self._connect()
-        return 0  # pragma: no cover
-
-    def _close_body(self) -> None:
-        if self.body is not None:
-            with contextlib.suppress(Exception):  # closing a broken connection may fail
-                self.body.close()
-            self.body = None
-
-    def close(self) -> None:
-        self._close_body()
-        super().close()
