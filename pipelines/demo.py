@@ -88,7 +88,7 @@ def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
         champ = get_version(name, "champion")
     except RegistryError:  # e.g. someone removed the alias by hand
         champ = None
-    scores = {k: float(v) for k, v in champ.group("metric").items() if _number(v)} if champ else {}
+    scores = champ.scores() if champ else {}
     print()
     print(f"p2p demo: done in {seconds / 60:.1f} min")
     if result.get("skipped"):
@@ -148,14 +148,6 @@ def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
     print(f"  MLflow UI    : mlflow ui --backend-store-uri {uri}   (http://127.0.0.1:5000)")
     print(f"  serve        : mlflow models serve -m models:/{name}@champion --env-manager local")
     print(f"  predict      : p2p predict --model models:/{name}@champion --input IMG --output OUT")
-
-
-def _number(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -129,7 +129,7 @@ def _already_registered(cfg: dict[str, Any], existing: Any) -> dict[str, Any]:
         "skipped": True,
         "data_version": existing.tags.get("lineage.data_version"),
         "params_hash": existing.tags.get("lineage.params_hash"),
-        "metrics": {k: float(v) for k, v in existing.group("metric").items() if _is_float(v)},
+        "metrics": existing.scores(),
         "gate": gate,
     }
 
@@ -142,14 +142,6 @@ def _is_champion(version: Any) -> bool:
 
 def _scores(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k in ("l1", "psnr", "ssim", "lpips", "fid")}
-
-
-def _is_float(v: str) -> bool:
-    try:
-        float(v)
-    except ValueError:
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------- command line

@@ -54,6 +54,17 @@ class ModelVersionInfo:
         p = prefix + "."
         return {k[len(p) :]: v for k, v in sorted(self.tags.items()) if k.startswith(p)}
 
+    def scores(self) -> dict[str, float]:
+        """The numeric test metrics (metric.* tags), e.g. {"l1": ..., "psnr": ...}; metrics
+        recorded as "unavailable: reason" are left out."""
+        out = {}
+        for k, v in self.group("metric").items():
+            try:
+                out[k] = float(v)
+            except ValueError:
+                continue
+        return out
+
 
 # ----------------------------------------------------------------------------- client
 
