@@ -199,6 +199,7 @@ def recordable_stages(
             from params.yaml's: writing it would make dvc.lock lie (checked before writing).
     """
     from p2p.config import load_config
+    from p2p.data import storage
     from p2p.data.versioning import stage_params
     from p2p.errors import DataError
 
@@ -216,7 +217,7 @@ def recordable_stages(
         paths = spec[name]["outs"] + spec[name]["deps"]
         if bad:
             why = f"this run has {bad[0]}={run.get(bad[0])!r}, params.yaml {base.get(bad[0])!r}"
-        elif any("://" in p for p in paths):
+        elif not all(storage.is_local(p) for p in paths):
             why = "DVC tracks local paths only"
         elif written and name in written and Path(written[name]).as_posix() not in paths:
             why = f"this run wrote {written[name]}, dvc.yaml declares {spec[name]['outs']}"
