@@ -49,6 +49,7 @@ size and sample count are checked against index.json (`iter_tar_samples`).
 from __future__ import annotations
 
 import bisect
+import logging
 import math
 import os
 import random
@@ -80,6 +81,8 @@ __all__ = [
     "make_loader",
     "register_webdataset_s3",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def make_loader(
@@ -320,10 +323,41 @@ class _WorkerError:
 
 class ShardLoader(DataLoader):
     """DataLoader that re-raises a worker's P2PError in the main process as the same one-line
-    error (torch's own re-raise adds a multi-line worker traceback to the message)."""
+    error (torch's own re-raise adds a multi-line worker traceback to the message).
+
+    Its worker processes are shut down as soon as iteration ends, by an error or early, not
+    when the iterator is garbage-collected: an error's traceback keeps the iterator alive, and
+    torch's SIGCHLD handler checks the workers of every live loader, so a stale worker that
+    exits later raised "DataLoader worker exited unexpectedly" inside another, healthy loader
+    (seen in CI: a broken-shard test followed by an evaluation).
+    """
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        for item in super().__iter__():
-            if isinstance(item, _WorkerError):
-                raise item.error
-            yield item
+        it = super().__iter__()
+        try:
+            for item in it:
+                if isinstance(item, _WorkerError):
+                    raise item.error
+                yield item
+        except RuntimeError as e:
+            if not _raised_in_shutdown(e):
+                raise
+            # Every batch has arrived; torch was joining the workers after the last one when
+            # its SIGCHLD handler saw one exit with a non-zero status (seen once in CI, on a
+            # busy machine with Ray and moto threads in the parent). The data is complete.
+            log.warning("data loader: %s (after the last batch; the data is complete)", e)
+        finally:
+            shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
+            if shutdown is not None:
+                shutdown()
+
+
+def _raised_in_shutdown(e: BaseException) -> bool:
+    """Whether `e` was raised while torch shut the loader's workers down at the end of the data
+    (`_shutdown_workers`, which torch calls after the last batch, before StopIteration)."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_shutdown_workers":
+            return True
+        tb = tb.tb_next
+    return False
