@@ -129,11 +129,11 @@ def _summary(cfg: Any, result: dict[str, Any], seconds: float) -> None:
     # the trivial baselines, scored by `p2p evaluate` on the same test images
     tags = champ.tags if champ else {}
     margins = []
-    for name in ("input", "untrained", "classical"):
-        if f"baseline.{name}.psnr" not in tags:
+    for base in ("input", "untrained", "classical"):
+        if f"baseline.{base}.psnr" not in tags:
             continue
-        what, psnr = tags[f"baseline.{name}"], float(tags[f"baseline.{name}.psnr"])
-        margin = float(tags[f"margin.{name}.psnr"])
+        what, psnr = tags[f"baseline.{base}"], float(tags[f"baseline.{base}.psnr"])
+        margin = float(tags[f"margin.{base}.psnr"])
         margins.append(margin)
         print(f"  baseline     : {what}: PSNR {psnr:.2f} dB  (model {margin:+.2f} dB)")
     if margins:
