@@ -349,7 +349,12 @@ class ShardLoader(DataLoader):
         finally:
             shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
             if shutdown is not None:
-                shutdown()
+                try:
+                    shutdown()
+                except RuntimeError as e:  # a worker's exit status, seen while joining it
+                    # After an error the workers of the failed read may exit non-zero (seen in
+                    # CI); the error being raised is the one that says what went wrong.
+                    log.debug("data loader: %s (while shutting the workers down)", e)
 
 
 def _raised_in_shutdown(e: BaseException) -> bool:

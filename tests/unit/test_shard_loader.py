@@ -56,6 +56,19 @@ def test_a_worker_dying_mid_stream_is_an_error(monkeypatch):
     assert it.shutdowns == 1  # its workers are shut down at once, not when collected
 
 
+def test_a_worker_exit_status_while_shutting_down_after_an_error_keeps_the_error(monkeypatch):
+    """CI: the workers of a loader that met a bad shard exited with status 1 as they were
+    joined; the DataError must still be what the caller sees."""
+    from p2p.data import dataset
+    from p2p.errors import DataError
+
+    it = _Iter([dataset._WorkerError(DataError("s/val-0.tar: not a valid tar")), 2])
+    it._shutdown_workers = lambda raising=True: _Iter._shutdown_workers(it, raising=True)
+    with pytest.raises(DataError, match="not a valid tar"):
+        list(_loader(monkeypatch, it))
+    assert it.shutdowns == 1
+
+
 def test_stopping_early_shuts_the_workers_down(monkeypatch):
     it = _Iter([1, 2, 3])
     gen = iter(_loader(monkeypatch, it))
