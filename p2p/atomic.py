@@ -1,5 +1,6 @@
 """Atomic replacement of files and directories: readers see the old content or the new one,
-never a half-written file, and a failed write leaves what was there untouched.
+never a half-written file, and a failed write leaves what was there untouched. Also the
+sha256 that identifies a file's bytes (`file_sha256`: checkpoints, downloaded archives).
 
 Files: write to a temp name in the same directory, fsync it, then `os.replace` (atomic on POSIX;
 the fsync keeps a crash right after the rename from leaving an empty file).
@@ -9,12 +10,15 @@ the old one last (`.NAME.old-PID-HEX`; p2p.data.writer recovers it after a crash
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from p2p.errors import P2PError
 
 
 def current_umask() -> int:
@@ -76,3 +80,15 @@ def swap_dir_into_place(tmp: Path, out: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (P2PError naming it if unreadable)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise P2PError(f"{path}: cannot read ({e.strerror or e})") from None
+    return h.hexdigest()

@@ -36,7 +36,7 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from p2p.atomic import write_bytes_atomic
+from p2p.atomic import file_sha256, write_bytes_atomic
 from p2p.config import DataConfig
 from p2p.errors import DataError
 
@@ -204,14 +204,6 @@ def download_dataset(
         cached=cached,
         data_version=data_version,
     )
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- download

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from p2p import __version__
-from p2p.atomic import write_bytes_atomic
+from p2p.atomic import file_sha256, write_bytes_atomic
 from p2p.config import ExperimentConfig
 from p2p.errors import P2PError
 from p2p.evaluation.baselines import Method, baseline_methods
@@ -55,18 +55,6 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE, INDEX_FILE = "metrics.json", "index.html"  # samples.png: report.SAMPLES_FILE
 METRICS_FORMAT = "p2p.metrics"
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes (identifies the exact checkpoint that was evaluated)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as e:
-        raise P2PError(f"{path}: cannot read ({e.strerror or e})") from None
-    return h.hexdigest()
 
 
 def data_version_of(index: ShardIndex) -> str:
@@ -156,7 +144,6 @@ def evaluate_checkpoint(
     # Both modes on val: the same weights give different images in each; this shows which
     # mode suits the model (the test scores above use eval.inference_mode).
     modes_val: dict[str, dict[str, float]] = {}
-    n_val = index.samples("val")
     for m in MODES if n_val else ():
         if split == "val" and m == mode:
             modes_val[m] = res.means

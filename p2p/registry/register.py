@@ -50,7 +50,7 @@ def check_metrics(metrics: dict[str, Any], checkpoint: str | Path) -> None:
     Raises:
         RegistryError: metrics missing/not finite, no samples, or computed for another file.
     """
-    from p2p.evaluation.evaluate import file_sha256
+    from p2p.atomic import file_sha256
 
     if not isinstance(metrics, dict):
         raise RegistryError("metrics must be the dict written by `p2p evaluate` (metrics.json)")
