@@ -40,6 +40,9 @@ KNOWN_NOISE: dict[str, str] = {
     "Actor with class name: 'PreemptionWatcher'": "Ray Train's watcher; ray-project/ray#53727",
     # logged on a logger named by its file path, outside `ray.train`: LoggingConfig misses it
     "Reporting training result ": "every ray.train.report, with the full metrics dict",
+    # at the end of a run (see the module docstring): Ray Train's PlacementGroupCleaner
+    "Monitor thread did not exit within": "Ray Train's PlacementGroupCleaner, at run end",
+    "rpc_client.h:204: Failed to connect to GCS within": "a leftover actor after shutdown",
 }
 
 # Multi-line blocks: first line -> a substring of the block's last line (a traceback's error);
@@ -47,12 +50,6 @@ KNOWN_NOISE: dict[str, str] = {
 KNOWN_NOISE_BLOCKS: dict[str, str] = {
     "Failed to stop PlacementGroupCleaner gracefully.": "GetTimeoutError",
 }
-KNOWN_NOISE.update(
-    {
-        "Monitor thread did not exit within": "Ray Train's PlacementGroupCleaner, at run end",
-        "rpc_client.h:204: Failed to connect to GCS within": "a leftover actor after shutdown",
-    }
-)
 
 _AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 _HANDLER = "ray_print_logs"  # the name Ray gives its driver-side printer (ray._private.worker)
