@@ -53,6 +53,7 @@ import logging
 import math
 import os
 import random
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -328,9 +329,13 @@ class ShardLoader(DataLoader):
     Its worker processes are shut down as soon as iteration ends, by an error or early, not
     when the iterator is garbage-collected: an error's traceback keeps the iterator alive, and
     torch's SIGCHLD handler checks the workers of every live loader, so a stale worker that
-    exits later raised "DataLoader worker exited unexpectedly" inside another, healthy loader
-    (seen in CI: a broken-shard test followed by an evaluation).
+    exits later raised "DataLoader worker exited unexpectedly" inside another, healthy loader.
+    Workers start with `forget_inherited_exit_hooks`, so they exit with status 0.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("worker_init_fn", forget_inherited_exit_hooks)
+        super().__init__(*args, **kwargs)
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         it = super().__iter__()
@@ -339,30 +344,28 @@ class ShardLoader(DataLoader):
                 if isinstance(item, _WorkerError):
                     raise item.error
                 yield item
-        except RuntimeError as e:
-            if not _raised_in_shutdown(e):
-                raise
-            # Every batch has arrived; torch was joining the workers after the last one when
-            # its SIGCHLD handler saw one exit with a non-zero status (seen once in CI, on a
-            # busy machine with Ray and moto threads in the parent). The data is complete.
-            log.warning("data loader: %s (after the last batch; the data is complete)", e)
         finally:
             shutdown = getattr(it, "_shutdown_workers", None)  # multi-process iterators only
             if shutdown is not None:
                 try:
                     shutdown()
                 except RuntimeError as e:  # a worker's exit status, seen while joining it
-                    # After an error the workers of the failed read may exit non-zero (seen in
-                    # CI); the error being raised is the one that says what went wrong.
+                    # Only reached when iteration stopped early or by an error, which is what
+                    # the caller should see; a worker that died of it is logged.
                     log.debug("data loader: %s (while shutting the workers down)", e)
 
 
-def _raised_in_shutdown(e: BaseException) -> bool:
-    """Whether `e` was raised while torch shut the loader's workers down at the end of the data
-    (`_shutdown_workers`, which torch calls after the last batch, before StopIteration)."""
-    tb = e.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_name == "_shutdown_workers":
-            return True
-        tb = tb.tb_next
-    return False
+def forget_inherited_exit_hooks(_worker_id: int = 0) -> None:
+    """Drop, in a forked loader worker, the thread at-exit hooks its parent registered.
+
+    Python runs `threading._register_atexit` hooks when a multiprocessing child exits, and a
+    forked worker inherits its parent's, although it has none of the threads they stop.
+    Prefect registers one per running service (its API log writer, once a flow has run in the
+    process) and resets the service in forked children, so in a worker the hook fails with an
+    AssertionError and the worker exits with status 1. torch's SIGCHLD handler then raised
+    "DataLoader worker exited unexpectedly" in the main process, at the latest when a worker
+    finished its share before the others (evaluation inside a Prefect flow; seen in CI).
+    """
+    hooks = getattr(threading, "_threading_atexits", None)  # CPython's list of those hooks
+    if hooks is not None:
+        hooks.clear()

@@ -368,3 +368,33 @@ def test_failed_training_leaves_the_registry_untouched(project, first_run):
     after = show(MODEL)
     assert after["versions"] == before["versions"] and after["aliases"] == before["aliases"]
     assert get_version(MODEL, "champion").version == 1
+
+
+@pytest.mark.slow
+def test_loader_workers_exit_cleanly_in_a_flow_process(project, first_run, monkeypatch):
+    """CI: once a flow had run in the process, Prefect's services left a thread at-exit hook
+    that fails in a forked DataLoader worker, so every worker exited with status 1 and torch's
+    SIGCHLD handler raised "DataLoader worker exited unexpectedly" mid-evaluation."""
+    from prefect import flow
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    from p2p.config import load_config
+    from p2p.data.dataset import make_loader
+
+    exit_codes = {}  # worker pid -> exit status (torch's shutdown runs more than once)
+    shutdown = _MultiProcessingDataLoaderIter._shutdown_workers
+
+    def recording_shutdown(self):
+        shutdown(self)
+        exit_codes.update((w.pid, w.exitcode) for w in self._workers)
+
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", recording_shutdown)
+    data = load_config("params.yaml").data
+
+    @flow
+    def read_split(split: str) -> int:
+        loader = make_loader(project["shards"], split, data, num_workers=2, batch_size=1)
+        return sum(a.shape[0] for a, _ in loader)
+
+    assert read_split("val") + read_split("train") > 0
+    assert sorted(exit_codes.values()) == [0, 0, 0, 0]
