@@ -136,3 +136,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def loader_exit_codes(monkeypatch) -> dict[int, int]:
+    """Every DataLoader worker's exit status, by pid, once its loader has shut it down."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    codes: dict[int, int] = {}
+    shutdown = _MultiProcessingDataLoaderIter._shutdown_workers
+
+    def recording_shutdown(self):  # torch's shutdown runs more than once per loader
+        shutdown(self)
+        codes.update((w.pid, w.exitcode) for w in self._workers)
+
+    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", recording_shutdown)
+    return codes

@@ -371,24 +371,15 @@ def test_failed_training_leaves_the_registry_untouched(project, first_run):
 
 
 @pytest.mark.slow
-def test_loader_workers_exit_cleanly_in_a_flow_process(project, first_run, monkeypatch):
+def test_loader_workers_exit_cleanly_in_a_flow_process(project, first_run, loader_exit_codes):
     """CI: once a flow had run in the process, Prefect's services left a thread at-exit hook
     that fails in a forked DataLoader worker, so every worker exited with status 1 and torch's
     SIGCHLD handler raised "DataLoader worker exited unexpectedly" mid-evaluation."""
     from prefect import flow
-    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
     from p2p.config import load_config
     from p2p.data.dataset import make_loader
 
-    exit_codes = {}  # worker pid -> exit status (torch's shutdown runs more than once)
-    shutdown = _MultiProcessingDataLoaderIter._shutdown_workers
-
-    def recording_shutdown(self):
-        shutdown(self)
-        exit_codes.update((w.pid, w.exitcode) for w in self._workers)
-
-    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", recording_shutdown)
     data = load_config("params.yaml").data
 
     @flow
@@ -397,4 +388,4 @@ def test_loader_workers_exit_cleanly_in_a_flow_process(project, first_run, monke
         return sum(a.shape[0] for a, _ in loader)
 
     assert read_split("val") + read_split("train") > 0
-    assert sorted(exit_codes.values()) == [0, 0, 0, 0]
+    assert sorted(loader_exit_codes.values()) == [0, 0, 0, 0]

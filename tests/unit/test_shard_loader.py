@@ -82,15 +82,15 @@ def shards(tmp_path):
     return tmp_path / "shards", cfg.data
 
 
-def test_workers_exit_cleanly_beside_a_parent_exit_hook_that_fails_in_a_fork(shards, monkeypatch):
+def test_workers_exit_cleanly_beside_a_parent_exit_hook_that_fails_in_a_fork(
+    shards, loader_exit_codes
+):
     """CI: once a Prefect flow had run in the process, Prefect's thread at-exit hook (inherited
     by the forked workers, where it fails) made every loader worker exit with status 1, and
     torch's SIGCHLD handler raised "DataLoader worker exited unexpectedly" in the main process
     (a worker that finished its share before the others exits mid-iteration)."""
     import os
     import threading
-
-    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
     from p2p.data.dataset import make_loader
 
@@ -99,14 +99,6 @@ def test_workers_exit_cleanly_beside_a_parent_exit_hook_that_fails_in_a_fork(sha
     def fails_in_a_fork():
         assert os.getpid() == parent, "a hook for the parent's threads, run in a child"
 
-    exit_codes = {}  # worker pid -> exit status (torch's shutdown runs more than once)
-    shutdown = _MultiProcessingDataLoaderIter._shutdown_workers
-
-    def recording_shutdown(self):
-        shutdown(self)
-        exit_codes.update((w.pid, w.exitcode) for w in self._workers)
-
-    monkeypatch.setattr(_MultiProcessingDataLoaderIter, "_shutdown_workers", recording_shutdown)
     url, data = shards
     threading._register_atexit(fails_in_a_fork)
     try:
@@ -115,4 +107,4 @@ def test_workers_exit_cleanly_beside_a_parent_exit_hook_that_fails_in_a_fork(sha
     finally:  # (the list holds partials)
         hooks = threading._threading_atexits
         hooks[:] = [h for h in hooks if getattr(h, "func", None) is not fails_in_a_fork]
-    assert sorted(exit_codes.values()) == [0, 0]
+    assert sorted(loader_exit_codes.values()) == [0, 0]
