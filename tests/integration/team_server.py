@@ -28,7 +28,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,10 +85,20 @@ class ProcessGroups:
             )
 
     def check_alive(self, logs: dict[str, Path]) -> None:
-        for name, p in self.procs.items():
-            if p.poll() is not None:
-                tail = logs[name].read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"{name} exited with {p.returncode} while starting:\n{tail}")
+        for name in self.exited():
+            tail = logs[name].read_text(errors="replace")[-3000:]
+            code = self.procs[name].returncode
+            raise RuntimeError(f"{name} exited with {code} while starting:\n{tail}")
+
+    def exited(self) -> list[str]:
+        return [name for name, p in self.procs.items() if p.poll() is not None]
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one child's whole group (a failed `ray start` may leave its raylet)."""
+        p = self.procs.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait(10)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM every group, wait for its members to go, then SIGKILL what is left."""
@@ -243,10 +253,13 @@ def team_server(
             procs.start("prefect", argv, env, server.logs["prefect"])
             server.env["PREFECT_API_URL"] = server.prefect_api_url
             waits["prefect"] = f"{server.prefect_api_url}/health"
+        start_worker = None
         if "ray" in services:
-            _start_ray(server, procs, base_env, ray_tmp, ray_nodes, cpus_per_node, logs_dir)
+            start_worker = _start_ray(
+                server, procs, base_env, ray_tmp, ray_nodes, cpus_per_node, logs_dir
+            )
             waits["ray-dashboard"] = f"{server.ray_jobs_url}/api/version"
-        _wait(server, procs, waits, ray_nodes if "ray" in services else 0)
+        _wait(server, procs, waits, ray_nodes if "ray" in services else 0, start_worker)
         yield server
     finally:
         procs.stop()
@@ -261,8 +274,9 @@ def _start_ray(
     nodes: int,
     cpus: int,
     logs_dir: Path,
-) -> None:
-    """Head, then workers once the head prints its address. Token auth on, one shared token."""
+) -> Callable[[int], None]:
+    """Start the head; return how to start worker node i (`_wait` starts them once the head
+    and the other services are up). Token auth on, one shared token."""
     token = secrets.token_hex(32)  # what `ray get-auth-token --generate` makes
     env = {
         **base_env,
@@ -300,16 +314,34 @@ def _start_ray(
                 raise TimeoutError(f"Ray head did not start:\n{server.log_tail()}")
             time.sleep(0.5)
     server.ray_address = address
-    for i in range(1, nodes):
+    server.env.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+
+    def start_worker(i: int) -> None:
         name = f"ray-worker{i}"
         server.logs[name] = logs_dir / f"{name}.log"
         argv = [str(BIN / "ray"), "start", "--address", address]
         argv += _ray_node_argv(ray_tmp / f"n{i}", cpus)
         procs.start(name, argv, env, server.logs[name])
-    server.env.update({"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token})
+
+    return start_worker
 
 
-def _wait(server: TeamServer, procs: ProcessGroups, urls: dict[str, str], ray_nodes: int) -> None:
+# `ray start` gives its raylet a fixed 30 s to register with the GCS (ray/_private/node.py) and
+# exits 1 after it; on a busy 2-core machine that happened to a worker node once in CI.
+RAY_REGISTRATION_TIMEOUT = "The current node timed out during startup"
+WORKER_START_TRIES = 3
+
+
+def _wait(
+    server: TeamServer,
+    procs: ProcessGroups,
+    urls: dict[str, str],
+    ray_nodes: int,
+    start_worker: Callable[[int], None] | None = None,
+) -> None:
+    """Wait for every service; Ray worker nodes start once the head has registered and the
+    other services answer (fewer processes starting at once), and a worker that hit Ray's
+    registration timeout is started again."""
     from p2p.doctor import probe_gcs
 
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -317,13 +349,30 @@ def _wait(server: TeamServer, procs: ProcessGroups, urls: dict[str, str], ray_no
     if ray_nodes:
         pending["ray"] = ""
     ray_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": server.ray_token}
+    tries: dict[int, int] = {}  # worker node -> `ray start` attempts
     while pending:
+        for name in procs.exited():
+            i = int(name.removeprefix("ray-worker")) if name.startswith("ray-worker") else 0
+            log = server.logs[name].read_text(errors="replace")
+            if (
+                i
+                and start_worker
+                and RAY_REGISTRATION_TIMEOUT in log
+                and tries[i] < WORKER_START_TRIES
+            ):
+                procs.kill(name)
+                tries[i] += 1
+                start_worker(i)
         procs.check_alive(server.logs)
         for name, url in list(pending.items()):
             if name == "ray":
-                out = probe_gcs(server.ray_address, 5.0, env=ray_env)
-                if out.get("nodes") == ray_nodes:
+                nodes = probe_gcs(server.ray_address, 5.0, env=ray_env).get("nodes")
+                if nodes == ray_nodes:
                     del pending[name]
+                elif nodes == 1 and not tries and start_worker and pending.keys() == {"ray"}:
+                    for i in range(1, ray_nodes):
+                        tries[i] = 1
+                        start_worker(i)
             elif name == "ray-dashboard":  # token auth covers the dashboard's API too
                 if _http_ok(url, {"Authorization": f"Bearer {server.ray_token}"}):
                     del pending[name]
