@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from team_server import BIN, ProcessGroups
+from team_server import BIN, RAY_REGISTRATION_TIMEOUT, WORKER_START_TRIES, ProcessGroups
 
 PREFIX = "p2pmh"
 SUBNET = "10.77.0"
@@ -170,6 +170,7 @@ class NetnsCluster:
     bucket: str = ""  # the S3 bucket the test created
     base_env: dict[str, str] = field(default_factory=dict)  # the environment nodes start from
     _ray_starts: dict[int, int] = field(default_factory=dict)
+    _ray_nodes: dict[str, tuple[Host, dict[str, str]]] = field(default_factory=dict)  # by name
 
     @property
     def head(self) -> Host:
@@ -249,6 +250,7 @@ class NetnsCluster:
             argv += ["--dashboard-host", host.ip, "--dashboard-port", str(DASHBOARD_PORT)]
         else:
             argv += ["--address", self.ray_address]
+        self._ray_nodes[f"ray-{host.index}-{n}"] = (host, base_env)
         self.start(f"ray-{host.index}-{n}", self.in_host(host, argv), self.node_env(base_env))
 
     def kill_host(self, host: Host) -> None:
@@ -265,9 +267,23 @@ class NetnsCluster:
     def wait_nodes(self, n: int, timeout_s: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
         while self.alive_nodes() != n:
+            self._restart_timed_out_nodes()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"Ray never had {n} alive nodes:\n{self.log_tail()}")
             time.sleep(1.0)
+
+    def _restart_timed_out_nodes(self) -> None:
+        """`ray start` again on a host whose node gave up registering after Ray's fixed 30 s
+        (a busy 2-core machine; see team_server.RAY_REGISTRATION_TIMEOUT)."""
+        for name in self.procs.exited():
+            host_env = self._ray_nodes.get(name)
+            log = self.logs[name].read_text(errors="replace")
+            if host_env and RAY_REGISTRATION_TIMEOUT in log:
+                host, base_env = host_env
+                if self._ray_starts[host.index] < WORKER_START_TRIES:
+                    self.procs.kill(name)
+                    del self._ray_nodes[name]
+                    self.start_ray(host, base_env)
 
     def log_tail(self, n: int = 30) -> str:
         out = []
