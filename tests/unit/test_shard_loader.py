@@ -14,7 +14,6 @@ class _Iter:
 
     def __init__(self, items, fail_after=None):
         self.items, self.fail_after = list(items), fail_after
-        self.fail_at_shutdown = False
         self.shutdowns = 0
 
     def __iter__(self):
@@ -25,13 +24,12 @@ class _Iter:
             raise RuntimeError("DataLoader worker (pid 1) exited unexpectedly with exit code 1")
         if self.items:
             return self.items.pop(0)
-        self._shutdown_workers(raising=self.fail_at_shutdown)
+        self._shutdown_workers()
         raise StopIteration
 
     def _shutdown_workers(self, raising=False):
         self.shutdowns += 1
         if raising:
-            self.fail_at_shutdown = False
             raise RuntimeError("DataLoader worker (pid 1) exited unexpectedly with exit code 1")
 
 
@@ -54,7 +52,7 @@ def test_a_worker_exit_status_while_shutting_down_after_an_error_keeps_the_error
     from p2p.errors import DataError
 
     it = _Iter([dataset._WorkerError(DataError("s/val-0.tar: not a valid tar")), 2])
-    it._shutdown_workers = lambda raising=True: _Iter._shutdown_workers(it, raising=True)
+    it._shutdown_workers = lambda: _Iter._shutdown_workers(it, raising=True)
     with pytest.raises(DataError, match="not a valid tar"):
         list(_loader(monkeypatch, it))
     assert it.shutdowns == 1
